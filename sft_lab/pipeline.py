@@ -1,0 +1,158 @@
+"""One run, start to end: config -> data -> tokens -> model -> train -> evaluate -> record.
+
+Used by `python -m sft_lab.run` (Hydra) and by the sweep driver alike, so both leave the same
+record and the same W&B run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig
+
+from sft_lab import record as rec
+from sft_lab.config import to_container, validate
+
+log = logging.getLogger(__name__)
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """A readable name from the usual ablation factors."""
+    lora = f"r{config['lora']['r']}" if config["lora"]["r"] else "full"
+    return f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora}-lr{config['lr']:g}-s{config['seed']}"
+
+
+def run(cfg: DictConfig, group: Optional[str] = None, extra: Optional[dict[str, Any]] = None,
+        on_eval: Optional[Callable[[float, int], bool]] = None) -> dict[str, Any]:
+    """Run one config; returns its record. A finished record is returned as is unless force=true."""
+    validate(cfg)
+    config = to_container(cfg)
+    fp = rec.fingerprint(config)
+    run_dir = rec.run_dir_for(cfg.paths.runs_dir, fp)
+    existing = rec.read_record(run_dir)
+    if existing and existing.get("status") == "finished" and not cfg.force:
+        log.info("Already finished: %s (force=true re-runs it)", run_dir / rec.RECORD)
+        return existing
+
+    with rec.run_lock(run_dir):
+        if existing and existing.get("status") == "finished":
+            log.info("force=true: archived the finished run to %s", rec.archive(run_dir))
+        try:
+            with _log_to(run_dir / "run.log"):
+                return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval)
+        finally:
+            if rec.read_record(run_dir) is None:  # failed on its inputs: leave no half-made folder
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[str, Any]:
+    from sft_lab.data import build_mixture
+    from sft_lab.evaluate import write_tasks
+    from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
+    from sft_lab.templates import render_prompt
+    from sft_lab.tokens import tokenise_mixture
+
+    # ---- inputs: any bad data, template or model fails here, before a record exists
+    mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir)
+    heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
+                    for ex in mixture.heldout]
+    write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows)
+    from sft_lab.evaluate import check_benchmark_files
+
+    check_benchmark_files(list(cfg.eval.tasks), run_dir / "tasks")
+    model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
+    device, dtype = pick_device_and_dtype(cfg.model.dtype)
+
+    record: dict[str, Any] = {
+        "status": "running", "fingerprint": fp, "run_dir": str(run_dir), "config": config,
+        "name": run_name(config), "group": group,
+        "data": {"fingerprint": mixture.fingerprint, "tokens_key": data.key, "train_examples": len(data.train),
+                 "heldout_examples": len(data.heldout),
+                 "sources": {n: {**mixture.sources[n], **data.sources.get(n, {})} for n in mixture.sources}},
+        "env": rec.environment(f"{device} ({str(dtype).replace('torch.', '')})"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
+    }
+    rec.write_record(run_dir, record)
+    from sft_lab.tracking import start_tracker
+
+    tracker = start_tracker(cfg.tracking, record["name"], group, config, run_dir, cfg.paths.runs_dir)
+    record["wandb_run_id"] = tracker.run_id
+    try:
+        record.update(_train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval))
+        record["status"] = "finished"
+        tracker.summary({"eval": _flat_values(record["eval"]), "train": _scalars(record["train"]),
+                         "data": {"train_examples": len(data.train)}})
+        log.info("Finished: %s", run_dir / rec.RECORD)
+        return record
+    except BaseException as e:
+        from sft_lab.train import TrainingStopped
+
+        if isinstance(e, TrainingStopped):
+            record.update(status="pruned", train=e.args[0])
+            raise
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        raise
+    finally:
+        record["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec.write_record(run_dir, record)
+        tracker.finish(failed=record["status"] == "failed")
+
+
+def _train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval) -> dict[str, Any]:
+    from sft_lab.evaluate import evaluate
+    from sft_lab.models import add_lora, count_parameters
+    from sft_lab.train import save_trained, train
+
+    # ---- train
+    model = add_lora(model, cfg.lora)
+    params = count_parameters(model)
+    log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
+             f"{params['total']:,}")
+    metrics = train(model, tokenizer, data, cfg.train, cfg.lr, cfg.seed, run_dir, tracker.log, on_eval)
+    metrics["parameters"] = params
+    saved = save_trained(model, tokenizer, run_dir)
+    # ---- evaluate
+    results, protocol = evaluate(model, tokenizer, cfg.eval, run_dir / "tasks", run_dir)
+    if metrics.get("heldout_loss") is not None:
+        results.setdefault("heldout", {})["loss"] = {"value": metrics["heldout_loss"], "stderr": None}
+    tracker.table("eval/results", ["task", "metric", "value", "stderr"],
+                  [[t, m, v["value"], v["stderr"]] for t, ms in results.items() for m, v in ms.items()])
+    return {"train": metrics, "eval": results, "eval_protocol": protocol, "artifacts": {"weights": str(saved)}}
+
+
+def _flat_values(results: dict) -> dict:
+    return {t: {m: v["value"] for m, v in ms.items()} for t, ms in results.items()}
+
+
+def _scalars(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class _log_to:
+    """Copy this package's and transformers' log lines into the run folder while the run lasts."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.loggers = [logging.getLogger(n) for n in ("sft_lab", "transformers", "lm_eval")]
+        for lg in self.loggers:
+            lg.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
+        self.handler.close()
+        return False

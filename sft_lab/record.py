@@ -1,0 +1,129 @@
+"""The run record (record.json): the contract between a run and everything after it.
+
+Written atomically (temp file, fsync, rename) so a crash never leaves half a file. The fingerprint
+hashes the parts of the config that change what is trained or measured, so the same config always
+lands in the same run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+# Keys that say where or how to log, not what is trained or measured.
+NOT_FINGERPRINTED = ("paths", "tracking", "force")
+RECORD = "record.json"
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-core", "omegaconf", "wandb", "optuna")
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    semantic = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+    blob = json.dumps(semantic, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_dir_for(runs_dir: str | Path, fp: str) -> Path:
+    return Path(runs_dir) / fp[:16]
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {**record, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = run_dir / f".{RECORD}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=False, default=_jsonable)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run_dir / RECORD)
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def iter_records(runs_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(Path(runs_dir).glob(f"*/{RECORD}")):
+        with open(path) as fh:
+            yield path.parent, json.load(fh)
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """An exclusive lock on the run folder for as long as a process runs it; the OS drops it on death."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        fh.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise RunLocked(f"{run_dir} is being run by another live process") from None
+        raise
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def archive(run_dir: Path) -> Path:
+    """Move a finished run's results aside (force=true) so nothing finished is overwritten."""
+    target = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for item in run_dir.iterdir():
+        if item.name not in ("previous", ".lock"):
+            item.rename(target / item.name)
+    return target
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        **git_state(), "packages": versions, "python": platform.python_version(), "device": device,
+        "host": socket.gethostname(), "pid": os.getpid(),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {"git_sha": None, "git_dirty": None}
+
+
+def _jsonable(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)

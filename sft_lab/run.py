@@ -1,0 +1,50 @@
+"""Entry point: `python -m sft_lab.run [overrides]`, one SFT run (or a grid with -m).
+
+Trains with LoRA, evaluates with lm-eval, records to <paths.runs_dir>/<fingerprint>/record.json and
+logs to W&B. `python -m sft_lab.run --help` lists the config groups and common overrides.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import sft_lab.config  # noqa: F401  (registers the schemas)
+
+log = logging.getLogger("sft_lab")
+
+# Errors about the user's input: printed as one paragraph, no traceback.
+USER_ERRORS = ("ConfigError", "DataError", "ModelError", "EvalError", "TemplateError", "RunLocked")
+
+
+def multirun_group() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        from pathlib import Path
+
+        return Path(hc.sweep.dir).name
+    return None
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from sft_lab.pipeline import run
+
+    try:
+        record = run(cfg, group=cfg.tracking.group or multirun_group())
+    except Exception as e:
+        if type(e).__name__ in USER_ERRORS:
+            log.error("%s: %s", type(e).__name__, e)
+            sys.exit(2)
+        raise
+    log.info("%s: %s", record["status"], record["run_dir"])
+
+
+if __name__ == "__main__":
+    main()

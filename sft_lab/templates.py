@@ -1,0 +1,105 @@
+"""Conversation -> token ids + labels: the template renders, the mask says what the loss sees.
+
+Rendering yields segments (text, trained?). Each segment is tokenised on its own and the ids are
+concatenated, so the mask is exact: the loss sees every assistant answer and its end-of-turn
+marker (EOS included), and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def _user_text(msg: dict) -> str:
+    return msg["content"] + (f"\n\n{msg['input']}" if msg.get("input") else "")
+
+
+def render_segments(conv: list[dict], template, tokenizer) -> list[tuple[str, bool]]:
+    """[(text, trained)] for a whole conversation."""
+    if template.native:
+        return _native_segments(conv, tokenizer)
+    eos = tokenizer.eos_token or ""
+    fill = lambda s, content="": s.replace("{eos}", eos).replace("{content}", content)  # noqa: E731
+    segments: list[tuple[str, bool]] = []
+    messages = conv
+    if messages and messages[0]["role"] == "system":
+        segments.append((messages[0]["content"] + template.separator, False))
+        messages = messages[1:]
+    elif template.system:
+        segments.append((fill(template.system), False))
+    for i, msg in enumerate(messages):
+        sep = template.separator if i > 0 and msg["role"] == "user" else ""
+        if msg["role"] == "user":
+            segments.append((sep + fill(template.user, _user_text(msg)), False))
+        elif msg["role"] == "assistant":
+            segments.append((fill(template.assistant_prefix), False))
+            segments.append((msg["content"] + fill(template.assistant_suffix), True))
+        else:
+            raise TemplateError(f"template {template.name!r}: a {msg['role']!r} message after the first turn")
+    return [(t, trained) for t, trained in segments if t]
+
+
+def _native_segments(conv: list[dict], tokenizer) -> list[tuple[str, bool]]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError("template=native: this tokenizer has no chat template; pick alpaca, chatml, vicuna or plain")
+    msgs = [{"role": m["role"], "content": _user_text(m) if m["role"] == "user" else m["content"]} for m in conv]
+    segments, done = [], ""
+    for i, msg in enumerate(msgs):
+        if msg["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise TemplateError("template=native: the tokenizer's chat template does not render turns as prefixes")
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return [(t, trained) for t, trained in segments if t]
+
+
+def render_prompt(conv: list[dict], template, tokenizer) -> tuple[str, str]:
+    """(everything before the last answer, the last answer as trained) for log-likelihood tasks."""
+    segments = render_segments(conv, template, tokenizer)
+    *before, (answer, _) = segments
+    return "".join(t for t, _ in before), answer
+
+
+@dataclass
+class Tokenised:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def tokenise(conv: list[dict], template, tokenizer, max_length: int) -> Tokenised:
+    ids: list[int] = []
+    labels: list[int] = []
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        ids.append(bos)
+        labels.append(IGNORE)
+    for text, trained in render_segments(conv, template, tokenizer):
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        labels += seg if trained else [IGNORE] * len(seg)
+    truncated = len(ids) > max_length
+    return Tokenised(ids[:max_length], labels[:max_length], truncated)
+
+
+def fingerprint_template(template, tokenizer) -> str:
+    from omegaconf import OmegaConf
+
+    blob = json.dumps(
+        {"template": OmegaConf.to_container(template, resolve=True), "tokenizer": tokenizer.name_or_path
+         if not hasattr(tokenizer, "backend_tokenizer") else tokenizer.backend_tokenizer.to_str(),
+         "chat_template": getattr(tokenizer, "chat_template", None) if template.native else None},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,137 @@
+"""transformers Trainer on the tokenised data -> adapter (or full model) + train metrics.
+
+Checkpoints go to <run>/checkpoints every train.save_steps; a re-launched run resumes from the
+last one. `on_eval` lets a caller (the sweep's pruner) see each held-out loss and stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(Exception):
+    """Raised when on_eval asks to stop (a pruned trial)."""
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list):
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            history.append({"step": state.global_step, **logs})
+            if "loss" in logs and not math.isfinite(logs["loss"]):
+                raise NonFiniteLoss(f"training loss is {logs['loss']} at step {state.global_step}")
+            log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if loss is not None and on_eval is not None and on_eval(loss, state.global_step):
+                control.should_training_stop = True
+                state.stopped_by_caller = True
+
+    return Callback()
+
+
+def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path,
+          log_metrics: Callable[[dict, int], None] = lambda m, s: None,
+          on_eval: Optional[Callable[[float, int], bool]] = None) -> dict[str, Any]:
+    import torch
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from sft_lab.tokens import Collator
+
+    if not torch.cuda.is_available() and train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    ckpt_dir = run_dir / "checkpoints"
+    dtype = next(model.parameters()).dtype
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        max_steps=train_cfg.max_steps,
+        per_device_train_batch_size=train_cfg.batch_size,
+        per_device_eval_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        learning_rate=lr,
+        lr_scheduler_type=train_cfg.schedule,
+        warmup_steps=train_cfg.warmup_steps,
+        weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,
+        logging_steps=train_cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train_cfg.save_steps,
+        save_total_limit=1,
+        eval_strategy="steps" if train_cfg.eval_steps and data.heldout else "no",
+        eval_steps=train_cfg.eval_steps or None,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",  # fewer pad tokens: see benchmarks/
+        remove_unused_columns=False,
+        report_to=[],
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+    )
+    collator = Collator(tokenizer.pad_token_id)
+    history: list[dict] = []
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout or None,
+        data_collator=collator, processing_class=tokenizer,
+        callbacks=[_callback(log_metrics, on_eval, history)],
+    )
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if resume:
+        log.info("Resuming from checkpoint %s", resume)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+    stopped = getattr(trainer.state, "stopped_by_caller", False)
+
+    heldout_loss = None
+    if data.heldout and not stopped:
+        heldout_loss = trainer.evaluate()["eval_loss"]
+        log_metrics({"eval/heldout_loss": heldout_loss}, trainer.state.global_step)
+    losses = [h["loss"] for h in history if "loss" in h]
+    tokens_seen = int(trainer.state.num_input_tokens_seen)
+    metrics = {
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "mean_loss": output.training_loss,
+        "heldout_loss": heldout_loss,
+        "tokens_seen": tokens_seen,
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(collator.real_tokens / wall, 1) if wall > 0 else None,
+        "padding_fraction": round(1 - collator.real_tokens / collator.padded_tokens, 4)
+        if collator.padded_tokens else None,
+        "resumed_from": resume,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "heldout_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+    }
+    if stopped:
+        raise TrainingStopped(metrics)
+    return metrics
+
+
+def save_trained(model, tokenizer, run_dir: Path) -> Path:
+    """Save the adapter (or the full model for r=0) and drop the checkpoints."""
+    out = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return out
