@@ -51,7 +51,7 @@ class DataConfig:
     max_examples: Optional[int] = None
     # Share of each source held out by a hash of its prompt: stable across mixtures and seeds.
     heldout_fraction: float = 0.05
-    heldout_max: int = 200  # held-out examples kept for the held-out loss and task
+    heldout_max: int = 100  # held-out examples kept for the held-out loss and task
 
 
 @dataclass
@@ -61,6 +61,9 @@ class TemplateConfig:
     native: bool = False
     system: str = ""  # text before the first turn
     user: str = "{content}"  # each user turn; {content} is the message
+    # Used instead when a user turn carries an input (Alpaca's input, Dolly's context); null: appended to content.
+    system_with_input: Optional[str] = None
+    user_with_input: Optional[str] = None
     assistant_prefix: str = ""  # start of each assistant turn (not trained on)
     assistant_suffix: str = "{eos}"  # end of each assistant turn (trained on)
     separator: str = ""  # between turns
@@ -78,8 +81,8 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 60
-    batch_size: int = 8
+    max_steps: int = 50
+    batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 256
     schedule: str = "cosine"

@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         record = run(cfg, group=cfg.tracking.group or multirun_group())
     except Exception as e:
         if type(e).__name__ in USER_ERRORS:
-            log.error("%s: %s", type(e).__name__, e)
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             sys.exit(2)
         raise
     log.info("%s: %s", record["status"], record["run_dir"])

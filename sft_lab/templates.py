@@ -27,17 +27,24 @@ def render_segments(conv: list[dict], template, tokenizer) -> list[tuple[str, bo
     if template.native:
         return _native_segments(conv, tokenizer)
     eos = tokenizer.eos_token or ""
-    fill = lambda s, content="": s.replace("{eos}", eos).replace("{content}", content)  # noqa: E731
+
+    def fill(s: str, content: str = "", extra: str = "") -> str:
+        return s.replace("{eos}", eos).replace("{input}", extra).replace("{content}", content)
+
+    has_input = any(m.get("input") for m in conv)
     segments: list[tuple[str, bool]] = []
     messages = conv
     if messages and messages[0]["role"] == "system":
         segments.append((messages[0]["content"] + template.separator, False))
         messages = messages[1:]
     elif template.system:
-        segments.append((fill(template.system), False))
+        system = template.system_with_input if has_input and template.system_with_input else template.system
+        segments.append((fill(system), False))
     for i, msg in enumerate(messages):
         sep = template.separator if i > 0 and msg["role"] == "user" else ""
-        if msg["role"] == "user":
+        if msg["role"] == "user" and msg.get("input") and template.user_with_input:
+            segments.append((sep + fill(template.user_with_input, msg["content"], msg["input"]), False))
+        elif msg["role"] == "user":
             segments.append((sep + fill(template.user, _user_text(msg)), False))
         elif msg["role"] == "assistant":
             segments.append((fill(template.assistant_prefix), False))

@@ -1,0 +1,54 @@
+"""Tests compose the real config, shrink it, and point outputs at tmp_path. No network anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SFT_LAB_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
+os.environ.setdefault("SFT_LAB_DATA_DIR", str(DATA_DIR))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+# Small enough for seconds on 2 CPU cores; real data, real training, real lm-eval.
+TINY = [
+    "model=tiny", "tracking=none", "data.max_examples=64", "data.heldout_max=16", "train.max_steps=4",
+    "train.batch_size=4", "train.max_length=128", "train.logging_steps=1", "eval.tasks=[arc_easy,heldout]",
+    "eval.limit=8", "eval.batch_size=8",
+]
+
+
+def compose(overrides: list[str] | None = None):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sft_lab.config  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides or [])
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 900, module: str = "sft_lab.run") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from sft_lab.models import load_tokenizer
+
+    return load_tokenizer(compose(["model=tiny"]).model, compose().paths.cache_dir)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not (DATA_DIR / "alpaca.json").is_file():
+        pytest.fail(f"the shared data is not at {DATA_DIR}; set SFT_LAB_DATA_DIR")
+    return DATA_DIR

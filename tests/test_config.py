@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import ROOT, compose, run_cli
+from sft_lab.config import ConfigError, validate
+
+
+def all_presets():
+    for group_dir in sorted((ROOT / "conf").iterdir()):
+        if group_dir.is_dir() and group_dir.name != "hydra":
+            for f in sorted(group_dir.glob("*.yaml")):
+                yield f"{group_dir.name}={f.stem}"
+
+
+@pytest.mark.parametrize("override", list(all_presets()))
+def test_every_config_file_composes_and_validates(override):
+    cfg = compose([override])
+    validate(cfg)
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["lora.rank=4"])
+    assert "lora.rank" in str(e.value) or "rank" in str(e.value.__cause__)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose(["train.max_steps=many"])
+    assert "max_steps" in str(e.value) + str(e.value.__cause__)
+
+
+def test_typo_in_a_preset_file_fails_at_compose(tmp_path):
+    conf = tmp_path / "conf"
+    import shutil
+
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "lora" / "typo.yaml").write_text("r: 8\nalpah: 16\n")
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
+            hydra_compose(config_name="config", overrides=["lora=typo"])
+    assert "alpah" in str(e.value) + str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lr=-1e-4", "lr"), ("lr=0", "lr"), ("lora.r=-1", "lora.r"), ("train.max_length=0", "train.max_length"),
+    ("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz"), ("data.sources.alpaca.weight=0", "weight"),
+    ("data.sources.alpaca.format=csv", "format"), ("eval.limit=0", "eval.limit"),
+])
+def test_cross_field_checks_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose([override]))
+
+
+def test_lr_is_top_level_and_grid_names_match_the_issue():
+    cfg = compose(["lr=1e-5", "data=dolly", "lora.r=16", "seed=3"])
+    assert cfg.lr == 1e-5 and cfg.data.name == "dolly" and cfg.lora.r == 16 and cfg.seed == 3
+
+
+def test_help_lists_groups_and_examples(tmp_path):
+    out = run_cli(["--help"], cwd=tmp_path)
+    assert out.returncode == 0
+    for text in ("model: smollm2_135m, tiny", "data: alpaca, dolly", "template:", "-m data=alpaca,dolly"):
+        assert text in out.stdout
+
+
+def test_bad_override_exits_nonzero_naming_the_key(tmp_path):
+    out = run_cli(["train.max_lenght=128", "tracking=none"], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "max_lenght" in out.stderr
+    out = run_cli(["lr=-1", "tracking=none", f"paths.runs_dir={tmp_path}/runs"], cwd=tmp_path)
+    assert out.returncode == 2 and "lr must be > 0" in out.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/record.json"))

@@ -1,0 +1,101 @@
+"""Real runs of the tiny model through the CLI: training, lm-eval, record, W&B offline, multirun, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, TINY, run_cli
+
+
+def records(runs: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*/record.json"))]
+
+
+def test_tiny_run_end_to_end_then_relaunch_skips(tmp_path):
+    runs = tmp_path / "runs"
+    args = [*TINY, "tracking=wandb", f"paths.runs_dir={runs}"]
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [rec] = records(runs)
+    assert rec["status"] == "finished"
+    assert set(rec) >= {"status", "fingerprint", "config", "train", "eval", "eval_protocol", "data", "env"}
+    assert rec["train"]["steps"] == 4 and rec["train"]["tokens_seen"] > 0 and rec["train"]["final_loss"] > 0
+    acc = rec["eval"]["arc_easy"]["acc"]
+    assert 0 <= acc["value"] <= 1 and acc["stderr"] is not None
+    assert rec["eval"]["heldout"]["bits_per_byte"]["value"] > 0
+    assert rec["eval_protocol"]["limit"] == 8 and rec["eval_protocol"]["n_shot"]["arc_easy"] == 0
+    assert rec["data"]["sources"]["alpaca"]["examples"] == 64
+    assert rec["config"]["lr"] == 2e-4 and rec["env"]["packages"]["peft"]
+    run_dir = Path(rec["run_dir"])
+    assert run_dir.name == rec["fingerprint"][:16]
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "samples" / "arc_easy.jsonl").is_file()
+    assert list((runs / "wandb").glob("offline-run-*"))  # a real W&B offline run
+
+    # relaunch: no training, exit 0, record untouched
+    wandb_runs = len(list((runs / "wandb").glob("offline-run-*")))
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Already finished" in out.stdout
+    assert records(runs)[0]["updated"] == rec["updated"]
+    assert len(list((runs / "wandb").glob("offline-run-*"))) == wandb_runs
+
+
+def test_multirun_grid_gives_four_records_in_one_group(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", "data=alpaca,dolly", "lr=1e-5,2e-5", *TINY, "eval.tasks=[heldout]",
+                   f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = records(runs)
+    assert len(recs) == 4 and all(r["status"] == "finished" for r in recs)
+    assert len({r["fingerprint"] for r in recs}) == 4
+    assert {(r["config"]["data"]["name"], r["config"]["lr"]) for r in recs} == {
+        ("alpaca", 1e-5), ("alpaca", 2e-5), ("dolly", 1e-5), ("dolly", 2e-5)}
+    assert len({r["group"] for r in recs}) == 1 and recs[0]["group"]
+
+
+def test_bad_data_fails_before_training_with_no_record(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": oops}\n')
+    runs = tmp_path / "runs"
+    out = run_cli([*TINY, f"data.sources.alpaca.path={bad}", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"{bad}:2: malformed JSON" in out.stderr
+    assert records(runs) == []
+
+
+def test_unknown_task_and_missing_model_fail_before_training(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli([*TINY, "eval.tasks=[arc_eazy]", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 2 and "arc_eazy" in out.stderr
+    out = run_cli([*TINY, "model.init=pretrained", f"model.name_or_path={tmp_path}/no_model", f"paths.runs_dir={runs}"],
+                  cwd=tmp_path)
+    assert out.returncode == 2 and "no_model" in out.stderr
+    assert records(runs) == []
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    args = [*TINY, "train.max_steps=30", "train.save_steps=3", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sft_lab.run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before it was killed"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [rec] = records(runs)
+    assert rec["status"] == "running"  # killed: never marked finished
+
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [rec] = records(runs)
+    assert rec["status"] == "finished" and rec["train"]["steps"] == 30
+    assert "checkpoint-" in rec["train"]["resumed_from"]
