@@ -106,7 +106,10 @@ def to_conversation(record: dict, fmt: str, where: str) -> Conversation:
         return conv + [user, {"role": "assistant", "content": str(record[answer])}]
     if fmt == "sharegpt":
         conv = []
-        for i, turn in enumerate(record["conversations"]):
+        turns = record["conversations"]
+        if turns and all(isinstance(t, str) for t in turns):  # plain alternating turns (GAIR/lima on the Hub)
+            return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+        for i, turn in enumerate(turns):
             role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
             if role is None or "value" not in turn:
                 raise DataError(f"{where}: conversations[{i}] needs 'from' (human/gpt/system) and 'value'")
@@ -190,17 +193,22 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
-def source_counts(data_cfg, pools: dict[str, list[Example]]) -> dict[str, int]:
-    """How many training examples each source contributes, from weights or exact counts."""
-    srcs = data_cfg.sources
-    if any(s.examples is not None for s in srcs.values()):
-        return {n: int(srcs[n].examples) for n in pools}
-    weights = {n: float(srcs[n].weight) if srcs[n].weight is not None else 1.0 for n in pools}
-    total_w = sum(weights.values())
-    shares = {n: w / total_w for n, w in weights.items()}
-    # Without a size, the largest mixture that needs no upsampling of any source.
-    size = data_cfg.max_examples or int(min(len(pools[n]) / shares[n] for n in pools))
-    counts = {n: int(round(shares[n] * size)) for n in pools}
+def source_counts(sources: dict, size: int | None, pools: dict[str, list[Example]]) -> dict[str, int]:
+    """How many training examples each source contributes, from exact counts or weights.
+
+    Weights are shares of the mixture's examples (normalised, so 1:1 and 0.5:0.5 are the same).
+    Without a size, the mixture is the largest one that needs no upsampling of any source.
+    """
+    if any(s.examples is not None for s in sources.values()):
+        return {n: int(sources[n].examples) for n in pools}
+    weights = {n: float(sources[n].weight) if sources[n].weight is not None else 1.0 for n in pools}
+    shares = {n: w / sum(weights.values()) for n, w in weights.items()}
+    size = size or int(min(len(pools[n]) / shares[n] for n in pools))
+    counts = {n: int(shares[n] * size) for n in pools}
+    # Largest-remainder rounding: the counts add up to the size exactly.
+    by_remainder = sorted(pools, key=lambda n: shares[n] * size - counts[n], reverse=True)
+    for n in by_remainder[: size - sum(counts.values())]:
+        counts[n] += 1
     return counts
 
 
@@ -213,9 +221,12 @@ def draw(pool: list[Example], n: int, rng: random.Random) -> list[Example]:
 
 
 def build_mixture(data_cfg, data_dir: str, seed: int) -> Mixture:
+    from sft_lab.config import resolve_sources
+
     rng = random.Random(seed)
+    sources = resolve_sources(data_cfg)
     pools, heldouts, accounting, provenance = {}, {}, {}, {}
-    for name, src in data_cfg.sources.items():
+    for name, src in sources.items():
         examples, prov = load_source(name, src, data_dir)
         examples, dupes = dedupe(examples)
         held = [ex for ex in examples if is_heldout(ex.conversation, data_cfg.heldout_fraction)]
@@ -224,33 +235,34 @@ def build_mixture(data_cfg, data_dir: str, seed: int) -> Mixture:
         heldouts[name] = held
         provenance[name] = prov
         accounting[name] = {"available": len(pools[name]), "duplicates_removed": dupes, "heldout": len(held), **prov}
-    counts = source_counts(data_cfg, pools)
-    if data_cfg.max_examples and any(s.examples is not None for s in data_cfg.sources.values()):
-        log.warning("data.max_examples is ignored: the sources set exact example counts")
+    counts = source_counts(sources, data_cfg.examples, pools)
     train = []
     for name, n in counts.items():
         drawn = draw(pools[name], n, rng)
-        accounting[name].update(examples=len(drawn), upsampled=n > len(pools[name]))
+        accounting[name].update(drawn=len(drawn), upsampled=n > len(pools[name]),
+                                upsample_factor=round(n / len(pools[name]), 3) if pools[name] else None)
         train += drawn
     if not train:
-        raise DataError(f"data={data_cfg.name!r}: the mixture came out empty (per-source counts {counts})")
+        raise DataError(f"data={data_cfg.name!r}: the mixture came out empty (per-source counts {counts}, "
+                        f"examples available {{{', '.join(f'{n}: {len(p)}' for n, p in pools.items())}}})")
     rng.shuffle(train)
     heldout = [ex for name in heldouts for ex in heldouts[name]]
     random.Random(0).shuffle(heldout)  # not the run seed: the held-out set is the same for every seed
     heldout = heldout[: data_cfg.heldout_max]
     for name in accounting:
         accounting[name]["heldout_used"] = sum(ex.source == name for ex in heldout)
-    fp = fingerprint_data(data_cfg, provenance, seed)
+    fp = fingerprint_data(data_cfg, sources, provenance, seed)
     return Mixture(train=train, heldout=heldout, sources=accounting, fingerprint=fp)
 
 
-def fingerprint_data(data_cfg, provenance: dict, seed: int) -> str:
+def fingerprint_data(data_cfg, sources: dict, provenance: dict, seed: int) -> str:
+    """Sources (by content hash, not by where the files sit), mixture and seed."""
     from omegaconf import OmegaConf
 
-    blob = json.dumps(
-        {"data": OmegaConf.to_container(data_cfg, resolve=True), "files": {n: p.get("sha256") or p.get("hub")
-                                                                            for n, p in provenance.items()},
-         "seed": seed},
-        sort_keys=True,
-    )
+    srcs = {n: {k: v for k, v in OmegaConf.to_container(s, resolve=True).items() if k != "path"}
+            for n, s in sources.items()}
+    mixture = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items()
+               if k not in ("sources", "path", "name")}
+    files = {n: p.get("sha256") or p.get("hub") for n, p in provenance.items()}
+    blob = json.dumps({"sources": srcs, "mixture": mixture, "files": files, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -60,7 +60,8 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     # ---- inputs: any bad data, template or model fails here, before a record exists
     mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir)
+    data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
+                            token_budget=cfg.data.tokens)
     heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
                     for ex in mixture.heldout]
     write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows)
@@ -73,9 +74,9 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     record: dict[str, Any] = {
         "status": "running", "fingerprint": fp, "run_dir": str(run_dir), "config": config,
         "name": run_name(config), "group": group,
-        "data": {"fingerprint": mixture.fingerprint, "tokens_key": data.key, "train_examples": len(data.train),
-                 "heldout_examples": len(data.heldout),
-                 "sources": {n: {**mixture.sources[n], **data.sources.get(n, {})} for n in mixture.sources}},
+        "data": {"fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
+                 "train_examples": len(data.train), "heldout_examples": len(data.heldout),
+                 "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
         "env": rec.environment(f"{device} ({str(dtype).replace('torch.', '')})"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
     }
@@ -87,8 +88,11 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     try:
         record.update(_train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval))
         record["status"] = "finished"
+        for name, seen in record["train"].get("trained_on", {}).items():
+            record["data"]["sources"].setdefault(name, {})["trained_on"] = seen
         tracker.summary({"eval": _flat_values(record["eval"]), "train": _scalars(record["train"]),
-                         "data": {"train_examples": len(data.train)}})
+                         "data": {"sources": {n: _scalars(s) for n, s in record["data"]["sources"].items()},
+                                  "train_examples": len(data.train)}})
         log.info("Finished: %s", run_dir / rec.RECORD)
         return record
     except BaseException as e:

@@ -32,10 +32,28 @@ def multirun_group() -> str | None:
     return None
 
 
+def share_cores_with_parallel_jobs() -> None:
+    """Under hydra/launcher=joblib, split the CPU cores between the parallel jobs."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    cores = len(os.sched_getaffinity(0))
+    n_jobs = launcher.get("n_jobs", -1)
+    n_jobs = cores if n_jobs is None or n_jobs <= 0 else n_jobs
+    import torch
+
+    torch.set_num_threads(max(1, cores // n_jobs))
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from sft_lab.pipeline import run
 
+    share_cores_with_parallel_jobs()
     try:
         record = run(cfg, group=cfg.tracking.group or multirun_group())
     except Exception as e:

@@ -6,6 +6,7 @@ last one. `on_eval` lets a caller (the sweep's pruner) see each held-out loss an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -24,10 +25,61 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list):
+class Counts:
+    """What the trainer actually trained on, per source; saved with each checkpoint."""
+
+    FILE = "sft_lab_counts.json"
+
+    def __init__(self):
+        self.sources: dict[str, dict[str, int]] = {}
+        self.padded_tokens = 0
+
+    def add(self, counts: dict) -> None:
+        for source, c in counts["sources"].items():
+            acc = self.sources.setdefault(source, {"examples": 0, "tokens": 0, "label_tokens": 0})
+            for k, v in c.items():
+                acc[k] += v
+        self.padded_tokens += counts["padded_tokens"]
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(c["tokens"] for c in self.sources.values())
+
+    def save(self, folder: Path) -> None:
+        (folder / self.FILE).write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens}))
+
+    def load(self, folder: Path) -> None:
+        path = folder / self.FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class CountingTrainer(Trainer):
+        """Adds up each trained batch's per-source counts (the collator attaches them)."""
+
+        counts: Counts
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            counts = inputs.pop("counts", None)
+            if counts is not None and model.training:
+                self.counts.add(counts)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return CountingTrainer
+
+
+def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list,
+              counts: Counts):
     from transformers import TrainerCallback
 
     class Callback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            counts.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
             history.append({"step": state.global_step, **logs})
@@ -48,13 +100,11 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
           log_metrics: Callable[[dict, int], None] = lambda m, s: None,
           on_eval: Optional[Callable[[float, int], bool]] = None) -> dict[str, Any]:
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from sft_lab.tokens import Collator
 
-    if not torch.cuda.is_available() and train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
     ckpt_dir = run_dir / "checkpoints"
     dtype = next(model.parameters()).dtype
     args = TrainingArguments(
@@ -77,7 +127,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         eval_steps=train_cfg.eval_steps or None,
         seed=seed,
         data_seed=seed,
-        train_sampling_strategy="group_by_length",  # fewer pad tokens: see benchmarks/
+        train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
         remove_unused_columns=False,
         report_to=[],
         bf16=dtype == torch.bfloat16,
@@ -87,16 +137,18 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
     )
-    collator = Collator(tokenizer.pad_token_id)
     history: list[dict] = []
-    trainer = Trainer(
+    counts = Counts()
+    trainer = _trainer_class()(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout or None,
-        data_collator=collator, processing_class=tokenizer,
-        callbacks=[_callback(log_metrics, on_eval, history)],
+        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=[_callback(log_metrics, on_eval, history, counts)],
     )
+    trainer.counts = counts
     resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     if resume:
         log.info("Resuming from checkpoint %s", resume)
+        counts.load(Path(resume))
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
@@ -116,9 +168,10 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "heldout_loss": heldout_loss,
         "tokens_seen": tokens_seen,
         "wall_s": round(wall, 2),
-        "tokens_per_s": round(collator.real_tokens / wall, 1) if wall > 0 else None,
-        "padding_fraction": round(1 - collator.real_tokens / collator.padded_tokens, 4)
-        if collator.padded_tokens else None,
+        "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 and not resume else None,
+        "padded_tokens": counts.padded_tokens,
+        "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
+        "trained_on": counts.sources,
         "resumed_from": resume,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "heldout_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],

@@ -18,7 +18,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 # Small enough for seconds on 2 CPU cores; real data, real training, real lm-eval.
 TINY = [
-    "model=tiny", "tracking=none", "data.max_examples=64", "data.heldout_max=16", "train.max_steps=4",
+    "model=tiny", "tracking=none", "data.examples=64", "data.heldout_max=16", "train.max_steps=4",
     "train.batch_size=4", "train.max_length=128", "train.logging_steps=1", "eval.tasks=[arc_easy,heldout]",
     "eval.limit=8", "eval.batch_size=8",
 ]

@@ -17,7 +17,8 @@ def all_presets():
 
 @pytest.mark.parametrize("override", list(all_presets()))
 def test_every_config_file_composes_and_validates(override):
-    cfg = compose([override])
+    extra = {"data=file": ["data.path=/any/file.jsonl"]}.get(override, [])  # the one preset that needs a value
+    cfg = compose([override, *extra])
     validate(cfg)
 
 
@@ -65,7 +66,7 @@ def test_lr_is_top_level_and_grid_names_match_the_issue():
 def test_help_lists_groups_and_examples(tmp_path):
     out = run_cli(["--help"], cwd=tmp_path)
     assert out.returncode == 0
-    for text in ("model: smollm2_135m, tiny", "data: alpaca, dolly", "template:", "-m data=alpaca,dolly"):
+    for text in ("model: smollm2_135m, tiny", "data: all_local, alpaca, alpaca_dolly", "template:", "-m data=alpaca,dolly"):
         assert text in out.stdout
 
 

@@ -27,10 +27,10 @@ def test_heldout_never_overlaps_training(data_dir):
     assert {prompt_key(e.conversation) for e in mix1.heldout} == held
 
 
-def test_max_examples_bounds_training(data_dir):
-    cfg = compose(["data=dolly", "data.max_examples=100"])
+def test_examples_bounds_training(data_dir):
+    cfg = compose(["data=dolly", "data.examples=100"])
     mix = build_mixture(cfg.data, str(data_dir), seed=0)
-    assert len(mix.train) == 100 and mix.sources["dolly"]["examples"] == 100
+    assert len(mix.train) == 100 and mix.sources["dolly"]["drawn"] == 100
 
 
 def write(tmp_path, name, text):

@@ -99,3 +99,49 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     [rec] = records(runs)
     assert rec["status"] == "finished" and rec["train"]["steps"] == 30
     assert "checkpoint-" in rec["train"]["resumed_from"]
+
+
+def test_force_reruns_and_keeps_the_old_results(tmp_path):
+    runs = tmp_path / "runs"
+    args = [*TINY, "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    [first] = records(runs)
+    out = run_cli([*args, "force=true"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [second] = records(runs)
+    assert second["fingerprint"] == first["fingerprint"] and second["started"] >= first["started"]
+    [old] = (Path(first["run_dir"]) / "previous").glob("*/record.json")
+    assert json.loads(old.read_text())["updated"] == first["updated"]  # the finished result is kept, untouched
+
+
+def test_mixture_run_accounts_per_source(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli([*TINY, "data=alpaca_dolly", "data.examples=40", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"],
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [rec] = records(runs)
+    sources = rec["data"]["sources"]
+    assert sources["alpaca"]["drawn"] == sources["dolly"]["drawn"] == 20  # 50/50 of 40
+    for s in sources.values():  # what max_length left with no answer to learn is dropped, and said so
+        assert s["examples"] + s.get("no_answer_dropped", 0) == 20
+    for name in ("alpaca", "dolly"):
+        s = sources[name]
+        assert s["tokens"] >= s["label_tokens"] > 0 and "truncated" in s and "duplicates_removed" in s
+    seen = [s["trained_on"]["examples"] for s in sources.values()]
+    assert sum(seen) == rec["train"]["steps"] * 4  # what the trainer actually saw, per source
+    assert 0 <= rec["train"]["padding_fraction"] < 0.5
+
+
+def test_own_file_trains_and_templates_are_a_factor(tmp_path):
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps({"instruction": f"Say {i}.", "context": "", "response": f"{i}", "category": "x"})
+                            + "\n" for i in range(40)))
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", "template=alpaca,chatml", *TINY, "data=file", f"data.path={mine}", "data.format=dolly",
+                   "eval.tasks=[heldout]", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = records(runs)
+    assert len(recs) == 2 and {r["config"]["template"]["name"] for r in recs} == {"alpaca", "chatml"}
+    assert recs[0]["fingerprint"] != recs[1]["fingerprint"]
+    assert recs[0]["data"]["fingerprint"] != recs[1]["data"]["fingerprint"]
+    assert all(r["status"] == "finished" and r["data"]["sources"]["mine"]["examples"] > 30 for r in recs)

@@ -11,8 +11,8 @@ from conftest import run_cli
 def test_smollm2_lora_loss_falls_and_eval_runs(tmp_path):
     runs = tmp_path / "runs"
     out = run_cli([
-        "tracking=none", "data.max_examples=8", "data.heldout_max=8", "train.max_steps=12", "train.batch_size=4",
-        "train.max_length=128", "train.logging_steps=1", "train.warmup_steps=0", "lr=5e-4",
+        "tracking=none", "data.examples=8", "data.heldout_max=8", "train.max_steps=16", "train.batch_size=4",
+        "train.max_length=128", "train.logging_steps=1", "train.warmup_steps=0", "lr=2e-3",
         "eval.tasks=[arc_easy,heldout]", "eval.limit=20", f"paths.runs_dir={runs}",
     ], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -20,9 +20,9 @@ def test_smollm2_lora_loss_falls_and_eval_runs(tmp_path):
     rec = json.loads(path.read_text())
     curve = [p["loss"] for p in rec["train"]["loss_curve"]]
     print("SmolLM2 LoRA loss curve:", [round(x, 3) for x in curve])
-    assert len(curve) == 12
-    # 8 examples in 2 batches, seen 6 times each: the same two batches end far below where they began
-    assert sum(curve[-2:]) / 2 < 0.7 * sum(curve[:2]) / 2
+    assert len(curve) == 16
+    # 8 examples in 2 batches, seen 8 times each: the same two batches end far below where they began
+    assert sum(curve[-4:]) / 4 < 0.6 * sum(curve[:4]) / 4
     assert rec["train"]["parameters"]["total"] > 130_000_000
     # a pretrained model is far above chance (25%) on ARC-Easy; the tiny random one is not
     assert rec["eval"]["arc_easy"]["acc"]["value"] >= 0.35

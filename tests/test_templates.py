@@ -20,7 +20,7 @@ def show(tok, t):
     return "".join(out) + ("]]" if trained else "")
 
 
-@pytest.mark.parametrize("name", ["alpaca", "chatml", "native"])
+@pytest.mark.parametrize("name", ["alpaca", "chatml", "native", "vicuna", "plain"])
 def test_only_answers_and_eos_are_trained(name, tokenizer):
     template = compose([f"template={name}"]).template
     t = tokenise(MULTI, template, tokenizer, 512)
