@@ -52,7 +52,9 @@ class DataConfig:
     """
 
     name: str = MISSING
-    sources: Dict[str, SourceConfig] = field(default_factory=dict)
+    # name -> SourceConfig; untyped here so that `+data.sources.mine={path:...,weight:0.5}` can add one,
+    # and checked against SourceConfig by resolve_sources before anything loads.
+    sources: Dict[str, Any] = field(default_factory=dict)
     examples: Optional[int] = None  # mixture size in examples (upsampling is stated in the record)
     tokens: Optional[int] = None  # mixture size in tokens: the shuffled mixture cut at this many tokens
     # One file without a preset: data=file data.path=/x.jsonl data.format=dolly
@@ -210,7 +212,17 @@ def resolve_sources(data: DataConfig) -> Dict[str, Any]:
     """The mixture's sources; `data.path` (one file, no preset) stands for a single source named by its stem."""
     if data.path:
         return {Path(data.path).stem: OmegaConf.structured(SourceConfig(path=data.path, format=data.format))}
-    return dict(data.sources)
+    sources = {}
+    for name, src in data.sources.items():
+        if not isinstance(src, (dict, DictConfig)):
+            raise ConfigError(f"data.sources.{name} must be a mapping (path, hub, format, weight | examples), got {src!r}")
+        try:
+            sources[name] = OmegaConf.merge(OmegaConf.structured(SourceConfig), src)
+        except Exception as e:  # unknown key or wrong type
+            key = getattr(e, "key", None) or str(e).splitlines()[0]
+            raise ConfigError(f"data.sources.{name}: {key!r} is not a valid source key or value "
+                              f"({str(e).splitlines()[0]}); keys: path, hub, format, weight, examples") from None
+    return sources
 
 
 def _validate_data(data: DataConfig) -> None:
@@ -221,7 +233,7 @@ def _validate_data(data: DataConfig) -> None:
     if data.format not in FORMATS:
         raise ConfigError(f"data.format={data.format!r} is not a known format ({', '.join(FORMATS)})")
     modes = set()
-    for name, src in sources.items():
+    for name, src in sources.items():  # noqa: B007
         key = f"data.sources.{name}"
         if src.path is None and src.hub is None:
             raise ConfigError(f"{key} has neither a path nor a hub id")

@@ -50,7 +50,7 @@ def test_typo_in_a_preset_file_fails_at_compose(tmp_path):
 
 @pytest.mark.parametrize("override, key", [
     ("lr=-1e-4", "lr"), ("lr=0", "lr"), ("lora.r=-1", "lora.r"), ("train.max_length=0", "train.max_length"),
-    ("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz"), ("data.sources.alpaca.weight=0", "weight"),
+    ("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz"), ("++data.sources.alpaca.weight=0", "weight"),
     ("data.sources.alpaca.format=csv", "format"), ("eval.limit=0", "eval.limit"),
 ])
 def test_cross_field_checks_name_the_key(override, key):

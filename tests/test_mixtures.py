@@ -73,7 +73,7 @@ def test_equal_weights_default_size_is_the_largest_without_upsampling(data_dir):
 
 def test_counts_are_exact_and_upsampling_is_stated(data_dir):
     data = compose(["data=alpaca_dolly", "data.sources.alpaca.weight=null", "data.sources.dolly.weight=null",
-                    "data.sources.alpaca.examples=300", "data.sources.dolly.examples=5000"]).data
+                    "++data.sources.alpaca.examples=300", "++data.sources.dolly.examples=5000"]).data
     mix = build_mixture(data, str(data_dir), 0)
     assert sum(ex.source == "alpaca" for ex in mix.train) == 300
     assert sum(ex.source == "dolly" for ex in mix.train) == 5000
@@ -144,8 +144,8 @@ def test_token_cache_is_reused(tmp_path, data_dir, tokenizer):
     (["data.sources.alpaca.format=yaml"], r"data\.sources\.alpaca\.format='yaml'"),
     (["data=alpaca_dolly", "data.sources.dolly.weight=0"], r"data\.sources\.dolly\.weight must be > 0"),
     (["data=alpaca_dolly", "data.sources.dolly.weight=-1"], r"data\.sources\.dolly\.weight must be > 0"),
-    (["data=alpaca_dolly", "data.sources.dolly.examples=10"], r"data\.sources\.dolly sets both weight and examples"),
-    (["data=alpaca_dolly", "data.sources.dolly.weight=null", "data.sources.dolly.examples=10"], r"one mode per mixture"),
+    (["data=alpaca_dolly", "++data.sources.dolly.examples=10"], r"data\.sources\.dolly sets both weight and examples"),
+    (["data=alpaca_dolly", "data.sources.dolly.weight=null", "++data.sources.dolly.examples=10"], r"one mode per mixture"),
     (["data=file"], r"data=file needs data\.path"),
 ])
 def test_bad_mixture_config_names_the_key(overrides, message):
@@ -163,3 +163,12 @@ def test_unknown_fields_cannot_be_detected(tmp_path):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}])
     with pytest.raises(DataError, match=r"odd\.jsonl:1: cannot tell the format"):
         build_mixture(file_data(path), str(tmp_path), 0)
+
+
+def test_a_source_added_on_the_command_line_is_checked():
+    cfg = compose(["data=alpaca_dolly", "+data.sources.mine={path:/x.jsonl,weight:0.5}"])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"data\.sources\.mine.*wieght"):
+        validate(compose(["data=alpaca_dolly", "+data.sources.mine={path:/x.jsonl,wieght:0.5}"]))
+    with pytest.raises(ConfigError, match=r"data\.sources\.dolly"):
+        validate(compose(["data=alpaca_dolly", "data.sources.dolly.weight=heavy"]))
