@@ -10,6 +10,7 @@ import logging
 import shutil
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -19,6 +20,7 @@ from sft_lab import record as rec
 from sft_lab.config import to_container, validate
 
 log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks transformers; not ours to fix
 
 
 def run_name(config: dict[str, Any]) -> str:
@@ -35,13 +37,13 @@ def run(cfg: DictConfig, group: Optional[str] = None, extra: Optional[dict[str, 
     fp = rec.fingerprint(config)
     run_dir = rec.run_dir_for(cfg.paths.runs_dir, fp)
     existing = rec.read_record(run_dir)
-    if existing and existing.get("status") == "finished" and not cfg.force:
-        log.info("Already finished: %s (force=true re-runs it)", run_dir / rec.RECORD)
+    if existing and existing.get("status") in ("finished", "pruned") and not cfg.force:
+        log.info("Already %s: %s (force=true re-runs it)", existing["status"], run_dir / rec.RECORD)
         return existing
 
     with rec.run_lock(run_dir):
-        if existing and existing.get("status") == "finished":
-            log.info("force=true: archived the finished run to %s", rec.archive(run_dir))
+        if existing and existing.get("status") in ("finished", "pruned"):
+            log.info("force=true: archived the earlier run to %s", rec.archive(run_dir))
         try:
             with _log_to(run_dir / "run.log"):
                 return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval)

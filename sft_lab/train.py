@@ -89,6 +89,9 @@ def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callab
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             loss = (metrics or {}).get("eval_loss")
+            if getattr(self, "last_step", None) == state.global_step:  # the final evaluate repeats the last one
+                return
+            self.last_step = state.global_step
             if loss is not None and on_eval is not None and on_eval(loss, state.global_step):
                 control.should_training_stop = True
                 state.stopped_by_caller = True
@@ -174,7 +177,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "trained_on": counts.sources,
         "resumed_from": resume,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "heldout_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+        "heldout_curve": list({h["step"]: {"step": h["step"], "loss": h["eval_loss"]}
+                               for h in history if "eval_loss" in h}.values()),
     }
     if stopped:
         raise TrainingStopped(metrics)
