@@ -62,8 +62,8 @@ class SweepSpec:
     fixed: List[str] = field(default_factory=list)  # Hydra overrides for every trial
     space: Dict[str, ParamSpec] = field(default_factory=dict)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
-    sampler: Dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
-    pruner: Dict[str, Any] = field(default_factory=lambda: {"type": "median", "n_startup_trials": 2})
+    sampler: Dict[str, Any] = field(default_factory=dict)  # {type: tpe (default) | random | grid | cmaes, seed: 0}
+    pruner: Dict[str, Any] = field(default_factory=dict)  # {type: median (default) | successive_halving | hyperband | none, ...}
     prune_every: int = 10  # steps between held-out losses reported to the pruner
     n_trials: int = 10
     seeds: List[int] = field(default_factory=lambda: [0])  # replicates of every trial, averaged
@@ -130,6 +130,8 @@ def make_pruner(spec: SweepSpec):
 
     p = dict(spec.pruner)
     kind = p.pop("type", "median")
+    if kind == "median":
+        p.setdefault("n_startup_trials", 2)
     makers = {
         "median": optuna.pruners.MedianPruner, "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner,

@@ -1,0 +1,180 @@
+"""Optuna sweeps on the tiny model: exact trial counts, resume, parallel workers on SQLite, a journal
+file and a real PostgreSQL server, a killed worker, submitit_local, and bad input."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, run_cli
+from sft_lab.sweep import SweepError, check, load_spec
+
+SWEEP_OVERRIDES = [a for a in TINY if not a.startswith(("train.max_steps", "eval.tasks", "train.logging_steps"))] + [
+    "train.max_steps=8", "train.logging_steps=4", "eval.tasks=[heldout]"]
+
+
+def sweep_file(tmp_path, **changes) -> Path:
+    spec = {
+        "study_name": "lr", "space": {"lr": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True}},
+        "objective": {"metrics": ["heldout.loss"], "direction": "minimize"},
+        "pruner": {"type": "median", "n_startup_trials": 2}, "prune_every": 4, "n_trials": 4, **changes,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def study_trials(storage: str, name: str = "lr"):
+    import optuna
+
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage[len("journal:"):]))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def assert_exact(trials, n: int, runs: Path):
+    from optuna.trial import TrialState
+
+    assert len(trials) == n, [(t.number, t.state.name) for t in trials]
+    assert len({t.number for t in trials}) == n
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state.name for t in trials]
+    done = [t.user_attrs["run_dir_seed0"] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(set(done)) == len(done)  # no fingerprint trained twice
+    for t in trials:  # each record knows its trial and how it ended
+        rec = json.loads((Path(t.user_attrs["run_dir_seed0"]) / "record.json").read_text())
+        assert rec["sweep"]["trial"] == t.number and rec["sweep"]["state"] == t.state.name.lower()
+        assert rec["status"] == {"COMPLETE": "finished", "PRUNED": "pruned"}[t.state.name]
+
+
+def test_sweep_runs_then_resumes_to_the_new_total(tmp_path):
+    runs = tmp_path / "runs"
+    args = [str(sweep_file(tmp_path)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}"]
+    out = run_cli(args, cwd=tmp_path, module="sft_lab.sweep")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best trial" in out.stdout
+    storage = f"sqlite:///{runs}/optuna.db"
+    assert_exact(study_trials(storage), 4, runs)
+    out = run_cli([*args, "--n-trials", "6"], cwd=tmp_path, module="sft_lab.sweep")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 trials queued" in out.stderr
+    assert_exact(study_trials(storage), 6, runs)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = Path(initdb[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="sft-lab-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_postgres, bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", root / "data", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-l", root / "log", "-w", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", root / "data", "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal", "postgresql"])
+def test_three_workers_share_one_study_exactly(backend, tmp_path, request):
+    runs = tmp_path / "runs"
+    storage = {"sqlite": f"sqlite:///{tmp_path}/study.db", "journal": f"journal:{tmp_path}/study.log"}.get(backend)
+    if backend == "postgresql":
+        storage = request.getfixturevalue("postgres_url")
+    name = f"lr_{backend}_{os.getpid()}"
+    out = run_cli([str(sweep_file(tmp_path, n_trials=6)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}", "--workers", "3",
+                   "--storage", storage, "--study-name", name], cwd=tmp_path, module="sft_lab.sweep")
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = study_trials(storage.replace("postgresql://", "postgresql+psycopg2://"), name)
+    assert_exact(trials, 6, runs)
+    pids = {json.loads((Path(t.user_attrs["run_dir_seed0"]) / "record.json").read_text())["env"]["pid"] for t in trials
+            if t.state.name == "COMPLETE"}
+    assert len(pids) >= 2  # the work really was shared between processes
+
+
+def test_killed_worker_loses_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    args = [str(sweep_file(tmp_path, n_trials=2, pruner={"type": "none"})), *SWEEP_OVERRIDES, "train.max_steps=30",
+            "train.save_steps=3", f"paths.runs_dir={runs}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LAB_HEARTBEAT_S": "1", "SFT_LAB_GRACE_S": "4"}
+    proc = subprocess.Popen([sys.executable, "-m", "sft_lab.sweep", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the sweep ended before it was killed"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run([sys.executable, "-m", "sft_lab.sweep", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from optuna.trial import TrialState
+
+    trials = study_trials(f"sqlite:///{runs}/optuna.db")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(complete) == 2 and len(failed) == 1  # the killed trial failed, and its retry completed
+    retry = next(t for t in complete if t.system_attrs.get("failed_trial") == failed[0].number)
+    rec = json.loads((Path(retry.user_attrs["run_dir_seed0"]) / "record.json").read_text())
+    assert rec["status"] == "finished" and "checkpoint-" in rec["train"]["resumed_from"]  # resumed, not restarted
+
+
+def test_submitit_local_workers(tmp_path):
+    runs = tmp_path / "runs"
+    spec = sweep_file(tmp_path, n_trials=3)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    out = run_cli([str(spec), "--workers", "0", "--storage", storage, *SWEEP_OVERRIDES, f"paths.runs_dir={runs}"],
+                  cwd=tmp_path, module="sft_lab.sweep")
+    assert out.returncode == 0, out.stderr[-3000:]
+    overrides = ",".join(f'"{o}"' for o in [*SWEEP_OVERRIDES, f"paths.runs_dir={runs}"])
+    out = run_cli(["-m", f"sweep_file={spec}", f"storage={storage}", "worker=0,1", "threads=1",
+                   f"logs_dir={tmp_path}/logs", f"overrides=[{overrides}]"], cwd=tmp_path, module="sft_lab.sweep_worker")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_exact(study_trials(storage), 3, runs)
+    assert len(list((tmp_path / "logs").glob("*/worker*/sweep_worker.log"))) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"lora.rank": {"type": "categorical", "choices": [4, 8]}}}, "space.lora.rank"),
+    ({"objective": {"metrics": ["arc_easy.acc"], "direction": "maximize"}}, "arc_easy.acc"),
+    ({"storage": "postgresql://postgres@127.0.0.1:1/nope"}, "127.0.0.1:1"),
+    ({"sampler": {"type": "bayes"}}, "sampler.type='bayes'"),
+])
+def test_bad_sweep_fails_before_any_trial(change, message, tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli([str(sweep_file(tmp_path, **change)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}"], cwd=tmp_path,
+                  module="sft_lab.sweep")
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert not list(runs.glob("*/record.json"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_load_and_check(path):
+    spec = load_spec(str(path))
+    assert path.read_text().startswith(f"# python -m sft_lab.sweep sweeps/{path.name}")
+    check(spec, [])
+    from sft_lab.sweep import make_pruner, make_sampler
+
+    make_sampler(spec), make_pruner(spec)
