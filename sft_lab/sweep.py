@@ -112,17 +112,21 @@ def make_sampler(spec: SweepSpec, offset: int = 0):
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     if kind == "grid":
-        grid = {}
-        for key, p in spec.space.items():
-            if p.type == "categorical":
-                grid[key] = list(p.choices)
-            elif p.step:
-                n = int(round((p.high - p.low) / p.step))
-                grid[key] = [p.low + i * p.step for i in range(n + 1)]
-            else:
-                raise SweepError(f"sampler grid: space.{key} needs choices or a step")
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return optuna.samplers.GridSampler(grid_space(spec), seed=seed)
     raise SweepError(f"sampler.type={kind!r} is not tpe, random, grid or cmaes")
+
+
+def grid_space(spec: SweepSpec) -> dict[str, list]:
+    grid = {}
+    for key, p in spec.space.items():
+        if p.type == "categorical":
+            grid[key] = list(p.choices)
+        elif p.step:
+            n = int(round((p.high - p.low) / p.step))
+            grid[key] = [p.low + i * p.step for i in range(n + 1)]
+        else:
+            raise SweepError(f"sampler grid: space.{key} needs choices or a step")
+    return grid
 
 
 def make_pruner(spec: SweepSpec):
@@ -190,11 +194,26 @@ def counted_trials(study) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
-def top_up(study, n_trials: int) -> int:
-    missing = n_trials - counted_trials(study)
-    for _ in range(max(0, missing)):
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    import itertools
+
+    grid = grid_space(spec)
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def top_up(study, spec: SweepSpec, n_trials: int) -> int:
+    """Queue trials until the study holds n_trials; a grid queues its points in order, each once."""
+    missing = max(0, n_trials - counted_trials(study))
+    if spec.sampler.get("type") == "grid":
+        taken = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+        todo = [p for p in grid_points(spec) if p not in taken][:missing]
+        for point in todo:
+            study.enqueue_trial(point, skip_if_exists=False)
+        return len(todo)
+    for _ in range(missing):
         study.enqueue_trial({}, skip_if_exists=False)
-    return max(0, missing)
+    return missing
 
 
 def claim_queued_trial(study, spec: SweepSpec):
@@ -288,14 +307,14 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None
     from sft_lab.train import TrainingStopped
 
     sign = 1 if spec.objective.direction == "minimize" else -1
-    params = suggest(trial, spec)
-    values, state, started = [], optuna.trial.TrialState.COMPLETE, time.perf_counter()
+    values, state, started, params = [], optuna.trial.TrialState.COMPLETE, time.perf_counter(), []
 
     def on_eval(heldout_loss: float, step: int) -> bool:
         trial.report(sign * heldout_loss, step)  # held-out loss, sign-matched to the study's direction
         return trial.should_prune()
 
     try:
+        params = suggest(trial, spec)
         for i, seed in enumerate(spec.seeds):
             cfg = compose([*trial_overrides(spec, extra), *params, f"seed={seed}"])
             run_dir = rec.run_dir_for(cfg.paths.runs_dir, rec.fingerprint(to_container(cfg)))
@@ -453,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         if storage_url.startswith("sqlite:///"):
             Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         study = open_study(open_storage(storage_url), name, spec)
-        queued = top_up(study, args.n_trials or spec.n_trials)
+        queued = top_up(study, spec, args.n_trials or spec.n_trials)
         log.info("study %s on %s: %d trials queued", name, storage_url, queued)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
