@@ -146,6 +146,7 @@ class SFTConfig:
     lr: float = 2e-4
     seed: int = 0
     force: bool = False  # re-run a config whose record is finished (the old one is archived)
+    baseline: bool = False  # evaluate the base model only (no training): the tables' base row
 
 
 def register() -> None:

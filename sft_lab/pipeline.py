@@ -25,6 +25,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # pe
 
 def run_name(config: dict[str, Any]) -> str:
     """A readable name from the usual ablation factors."""
+    if config.get("baseline"):
+        return f"{config['model']['name']}-base"
     lora = f"r{config['lora']['r']}" if config["lora"]["r"] else "full"
     return f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora}-lr{config['lr']:g}-s{config['seed']}"
 
@@ -60,12 +62,14 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     from sft_lab.tokens import tokenise_mixture
 
     # ---- inputs: any bad data, template or model fails here, before a record exists
-    mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
-                            token_budget=cfg.data.tokens)
-    heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
-                    for ex in mixture.heldout]
+    mixture, data, heldout_rows = None, None, []
+    if not cfg.baseline or "heldout" in cfg.eval.tasks:
+        mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
+        data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
+                                token_budget=cfg.data.tokens)
+        heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
+                        for ex in mixture.heldout]
     write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows)
     from sft_lab.evaluate import check_benchmark_files
 
@@ -76,9 +80,10 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     record: dict[str, Any] = {
         "status": "running", "fingerprint": fp, "run_dir": str(run_dir), "config": config,
         "name": run_name(config), "group": group,
-        "data": {"fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
-                 "train_examples": len(data.train), "heldout_examples": len(data.heldout),
-                 "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
+        "data": {} if data is None else {
+            "fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
+            "train_examples": len(data.train), "heldout_examples": len(data.heldout),
+            "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
         "env": rec.environment(f"{device} ({str(dtype).replace('torch.', '')})"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
     }
@@ -92,9 +97,10 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
         record["status"] = "finished"
         for name, seen in record["train"].get("trained_on", {}).items():
             record["data"]["sources"].setdefault(name, {})["trained_on"] = seen
-        tracker.summary({"eval": _flat_values(record["eval"]), "train": _scalars(record["train"]),
-                         "data": {"sources": {n: _scalars(s) for n, s in record["data"]["sources"].items()},
-                                  "train_examples": len(data.train)}})
+        tracker.summary({"eval": _flat_values(record["eval"]), "eval_stderr": _flat_values(record["eval"], "stderr"),
+                         "train": _scalars(record["train"]),
+                         "data": {"sources": {n: _scalars(s) for n, s in record["data"].get("sources", {}).items()},
+                                  "train_examples": record["data"].get("train_examples")}})
         log.info("Finished: %s", run_dir / rec.RECORD)
         return record
     except BaseException as e:
@@ -116,25 +122,27 @@ def _train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval) 
     from sft_lab.models import add_lora, count_parameters
     from sft_lab.train import save_trained, train
 
-    # ---- train
-    model = add_lora(model, cfg.lora)
-    params = count_parameters(model)
-    log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
-             f"{params['total']:,}")
-    metrics = train(model, tokenizer, data, cfg.train, cfg.lr, cfg.seed, run_dir, tracker.log, on_eval)
-    metrics["parameters"] = params
-    saved = save_trained(model, tokenizer, run_dir)
+    # ---- train (the baseline evaluates the base model as it is)
+    metrics, saved = {}, None
+    if not cfg.baseline:
+        model = add_lora(model, cfg.lora)
+        params = count_parameters(model)
+        log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
+                 f"{params['total']:,}")
+        metrics = train(model, tokenizer, data, cfg.train, cfg.lr, cfg.seed, run_dir, tracker.log, on_eval)
+        metrics["parameters"] = params
+        saved = save_trained(model, tokenizer, run_dir)
     # ---- evaluate
     results, protocol = evaluate(model, tokenizer, cfg.eval, run_dir / "tasks", run_dir)
     if metrics.get("heldout_loss") is not None:
         results.setdefault("heldout", {})["loss"] = {"value": metrics["heldout_loss"], "stderr": None}
     tracker.table("eval/results", ["task", "metric", "value", "stderr"],
                   [[t, m, v["value"], v["stderr"]] for t, ms in results.items() for m, v in ms.items()])
-    return {"train": metrics, "eval": results, "eval_protocol": protocol, "artifacts": {"weights": str(saved)}}
+    return {"train": metrics, "eval": results, "eval_protocol": protocol, "artifacts": {"weights": str(saved) if saved else None}}
 
 
-def _flat_values(results: dict) -> dict:
-    return {t: {m: v["value"] for m, v in ms.items()} for t, ms in results.items()}
+def _flat_values(results: dict, field: str = "value") -> dict:
+    return {t: {m: v[field] for m, v in ms.items() if v[field] is not None} for t, ms in results.items()}
 
 
 def _scalars(d: dict) -> dict:

@@ -28,6 +28,11 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-cor
 
 def fingerprint(config: dict[str, Any]) -> str:
     semantic = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+    if config.get("baseline"):  # nothing is trained: one base run per model and eval protocol
+        drop = {"lora", "train", "lr", "seed"}
+        if "heldout" not in config.get("eval", {}).get("tasks", []):
+            drop |= {"data", "template"}
+        semantic = {k: v for k, v in semantic.items() if k not in drop}
     blob = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -195,11 +195,15 @@ def counted_trials(study) -> int:
 
 
 def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every grid point, in a seeded random order (as Optuna's GridSampler visits them)."""
     import itertools
+    import random
 
     grid = grid_space(spec)
     keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    random.Random(spec.sampler.get("seed", 0)).shuffle(points)
+    return points
 
 
 def top_up(study, spec: SweepSpec, n_trials: int) -> int:

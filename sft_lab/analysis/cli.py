@@ -1,0 +1,151 @@
+"""python analysis/ablation_table.py RUNS_DIR --rows KEY[,KEY] [--cols eval|KEY] [--metric NAME]
+[--ref KEY=VALUE] [--format md|csv|latex|html] [--out FILE] [--plot heatmap|bars|scatter] [--filter KEY=VALUE]..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from sft_lab.analysis import table as tbl
+from sft_lab.analysis.collect import collect, collect_wandb
+
+CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="analysis/ablation_table.py", description=(
+        "Ablation table from finished runs: mean ± 95%% CI over seeds, a base-model row with Δ, paired-bootstrap "
+        "significance against --ref (Holm-corrected), refusing to mix eval protocols."), usage=__doc__)
+    p.add_argument("runs_dir", nargs="?", help="folder of run folders (record.json)")
+    p.add_argument("--rows", required=True, help="factor keys for the rows, e.g. data or lr,lora.r")
+    p.add_argument("--cols", default="eval", help="eval (one column per task) or a factor key (its levels, on the Average)")
+    p.add_argument("--metric", help="metric to show per task (default: acc, or loss for heldout)")
+    p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for significance")
+    p.add_argument("--seeds", default="seed", help="the key whose values are replicates (default: seed)")
+    p.add_argument("--filter", action="append", default=[], help="KEY=VALUE; repeatable")
+    p.add_argument("--format", default="md", choices=sorted(tbl.RENDERERS))
+    p.add_argument("--out", help="write the table (or the plot, with --plot) here instead of stdout")
+    p.add_argument("--plot", choices=["heatmap", "bars", "scatter"])
+    p.add_argument("--no-base", action="store_true", help="skip the base-model row")
+    p.add_argument("--allow-mixed-protocols", action="store_true")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of a folder (online)")
+    p.add_argument("--group", help="W&B group (with --wandb)")
+    p.add_argument("--log-wandb", metavar="ENTITY/PROJECT", help="also log the table to W&B as a Table")
+    return p.parse_args(argv)
+
+
+def _pairs(text: str | None, what: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise tbl.TableError(f"{what}: expected KEY=VALUE, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def apply_filters(df: pd.DataFrame, filters: list[str]) -> pd.DataFrame:
+    for f in filters:
+        for k, v in _pairs(f, "--filter").items():
+            if k not in df:
+                raise tbl.TableError(f"--filter: unknown key {k!r}")
+            df = df[(df[k].astype(str) == v) | df["baseline"]]
+    return df
+
+
+def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
+    """Base-model rows matching the runs' protocol; evaluates (and caches) them through the run pipeline."""
+    runs = df[~df["baseline"]]
+    tasks = sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/")} - {"heldout"})
+    if not tasks:
+        return df.iloc[0:0]
+    first = runs.iloc[0]
+    settings = {k: first.get(f"eval.{k}") for k in ("limit", "num_fewshot", "apply_chat_template")}
+    bases = []
+    for model in sorted(runs["model"].unique()):
+        def matching(frame):
+            b = frame[frame["baseline"] & (frame["model"] == model)]
+            for k, v in settings.items():
+                b = b[b[f"eval.{k}"].astype(str) == str(v)]
+            return b[b[[f"eval/{t}/acc" for t in tasks if f"eval/{t}/acc" in b]].notna().all(axis=1)] if len(b) else b
+        base = matching(df)
+        if base.empty:
+            row = runs[runs["model"] == model].iloc[0]
+            preset = [f"model={model}"] if (CONF_MODELS / f"{model}.yaml").is_file() else []
+            overrides = [*preset, f"model.name_or_path={row['model.name_or_path']}", "baseline=true",
+                         f"eval.tasks=[{','.join(tasks)}]", *[f"eval.{k}={'null' if v is None else v}" for k, v in settings.items()],
+                         "tracking=none", f"paths.runs_dir={runs_dir}", f"paths.data_dir={row['paths.data_dir']}"]
+            print(f"evaluating the base model {model} once (cached in {runs_dir})", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], check=True, stdout=subprocess.DEVNULL)
+            base = matching(collect(runs_dir)[0])
+        bases.append(base.iloc[:1])
+    return pd.concat(bases) if bases else df.iloc[0:0]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.wandb:
+            df, excluded = collect_wandb(args.wandb, args.group)
+        elif args.runs_dir:
+            df, excluded = collect(args.runs_dir)
+        else:
+            raise tbl.TableError("give a RUNS_DIR or --wandb ENTITY/PROJECT")
+        if df.empty:
+            raise tbl.TableError(f"no finished runs in {args.runs_dir or args.wandb}")
+        df = apply_filters(df, args.filter)
+        rows = [r.strip() for r in args.rows.split(",")]
+        base = None if args.no_base or args.wandb else ensure_base(df, args.runs_dir)
+        runs = df[~df["baseline"]]
+        if args.cols != "eval":
+            runs = _pivot_runs(runs, args.cols)
+        t = tbl.build(runs, rows, metric=args.metric, ref=_pairs(args.ref, "--ref") or None, base=base,
+                      allow_mixed=args.allow_mixed_protocols, seeds=args.seeds, excluded=dict(excluded))
+    except tbl.TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.plot:
+        from sft_lab.analysis import plots
+
+        out = args.out or f"{args.plot}.png"
+        column = "Average" if "Average" in t.columns else t.columns[0]
+        {"heatmap": lambda: plots.heatmap(t, column, out), "bars": lambda: plots.bars(t, column, out),
+         "scatter": lambda: plots.learning_vs_forgetting(runs, out)}[args.plot]()
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    text = tbl.RENDERERS[args.format](t)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.log_wandb:
+        _log_wandb(t, args.log_wandb, args.group)
+    return 0
+
+
+def _pivot_runs(runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """--cols KEY: one column per level of KEY, on each run's mean accuracy."""
+    if key not in runs:
+        raise tbl.TableError(f"--cols: unknown key {key!r}")
+    acc = [c for c in runs.columns if c.startswith("eval/") and c.endswith("/acc") and "/heldout/" not in c]
+    out = runs.drop(columns=[c for c in runs.columns if c.startswith(("eval/", "stderr/"))]).copy()
+    for level in sorted(runs[key].dropna().unique(), key=str):
+        out[f"eval/{key}={level}/acc"] = runs[acc].mean(axis=1).where(runs[key] == level)
+    return out
+
+
+def _log_wandb(t: tbl.Table, path: str, group: str | None) -> None:
+    import wandb
+
+    entity, _, project = path.rpartition("/")
+    run = wandb.init(entity=entity or None, project=project, group=group, job_type="ablation_table")
+    run.log({"ablation_table": wandb.Table(columns=t.row_keys + t.columns, data=[
+        list(r.labels) + [tbl.cell_text(r.cells[c], bold=("", "")) if c in r.cells else "" for c in t.columns]
+        for r in t.rows])})
+    run.finish()

@@ -1,0 +1,96 @@
+"""Collect run records (a runs folder, or a W&B project) into one pandas frame."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def record_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    config = record.get("config", {})
+    row = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(config).items()}
+    for group in GROUPS:  # `data` means the data preset's name, as on the command line
+        if isinstance(config.get(group), dict):
+            row[group] = config[group].get("name")
+    row["baseline"] = bool(config.get("baseline", False))
+    for task, metrics in (record.get("eval") or {}).items():
+        for metric, v in metrics.items():
+            row[f"eval/{task}/{metric}"] = v.get("value")
+            row[f"stderr/{task}/{metric}"] = v.get("stderr")
+    train = record.get("train") or {}
+    row.update({"train.tokens_seen": train.get("tokens_seen"), "train.wall_s": train.get("wall_s"),
+                "status": record.get("status"), "run_dir": run_dir, "fingerprint": record.get("fingerprint"),
+                "protocol": json.dumps(record.get("eval_protocol") or {}, sort_keys=True)})
+    return row
+
+
+def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, Counter]:
+    """Finished runs as rows; failed, pruned and running ones counted, not kept."""
+    rows, excluded = [], Counter()
+    for path in sorted(Path(runs_dir).rglob("record.json")):
+        if "previous" in path.parts:  # results a force=true re-run moved aside
+            continue
+        record = json.loads(path.read_text())
+        if record.get("status") != "finished":
+            excluded[record.get("status", "unknown")] += 1
+            continue
+        rows.append(record_row(record, str(path.parent)))
+    return pd.DataFrame(rows), excluded
+
+
+def collect_wandb(path: str, group: str | None) -> tuple[pd.DataFrame, Counter]:
+    """The same frame from a W&B project (ENTITY/PROJECT), via the public API; needs network."""
+    import wandb
+
+    filters = {"group": group} if group else {}
+    rows, excluded = [], Counter()
+    for run in wandb.Api().runs(path, filters=filters):
+        if run.state != "finished":
+            excluded[run.state] += 1
+            continue
+        config = dict(run.config)
+        summary = dict(run.summary)
+        row = {k: v for k, v in config.items()}
+        for group_name in GROUPS:
+            row[group_name] = config.get(f"{group_name}.name")
+        row["baseline"] = bool(config.get("baseline", False))
+        for k, v in summary.items():
+            if k.startswith("eval.") and k.count(".") >= 2:
+                _, task, metric = k.split(".", 2)
+                row[f"eval/{task}/{metric}"] = v
+                row[f"stderr/{task}/{metric}"] = summary.get(f"eval_stderr.{task}.{metric}")
+        row.update({"train.tokens_seen": summary.get("train.tokens_seen"), "train.wall_s": summary.get("train.wall_s"),
+                    "status": "finished", "run_dir": None, "fingerprint": run.id,
+                    "protocol": json.dumps({k: config.get(f"eval.{k}") for k in
+                                            ("limit", "num_fewshot", "apply_chat_template")}, sort_keys=True)})
+        rows.append(row)
+    return pd.DataFrame(rows), excluded
+
+
+def load_items(run_dir: str, task: str, metric: str) -> dict[Any, float]:
+    """Per-item results of one run (from samples/<task>.jsonl): doc_id -> metric value."""
+    path = Path(run_dir) / "samples" / f"{task}.jsonl"
+    if not path.is_file():
+        return {}
+    items = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if metric in row and isinstance(row[metric], (int, float)):
+            items[row["doc_id"]] = float(row[metric])
+    return items
