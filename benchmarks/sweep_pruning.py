@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--prune-every", type=int, default=5)
+    parser.add_argument("--prune-every", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         unpruned = run_sweep({"type": "none"}, args, Path(tmp) / "unpruned")
