@@ -2,13 +2,9 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, kill_after_first_checkpoint, run_cli
 
 
 def records(runs: Path) -> list[dict]:
@@ -81,16 +77,7 @@ def test_unknown_task_and_missing_model_fail_before_training(tmp_path):
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     args = [*TINY, "train.max_steps=30", "train.save_steps=3", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "sft_lab.run", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None, "the run ended before it was killed"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("sft_lab.run", args, runs, tmp_path, {**os.environ, "PYTHONPATH": str(ROOT)})
     [rec] = records(runs)
     assert rec["status"] == "running"  # killed: never marked finished
 

@@ -5,18 +5,16 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli
-from sft_lab.sweep import SweepError, check, load_spec
+from conftest import ROOT, TINY, kill_after_first_checkpoint, run_cli
+from sft_lab.sweep import check, load_spec
 
 SWEEP_OVERRIDES = [a for a in TINY if not a.startswith(("train.max_steps", "eval.tasks", "train.logging_steps"))] + [
     "train.max_steps=8", "train.logging_steps=4", "eval.tasks=[heldout]"]
@@ -118,15 +116,7 @@ def test_killed_worker_loses_nothing(tmp_path):
     args = [str(sweep_file(tmp_path, n_trials=2, pruner={"type": "none"})), *SWEEP_OVERRIDES, "train.max_steps=30",
             "train.save_steps=3", f"paths.runs_dir={runs}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LAB_HEARTBEAT_S": "1", "SFT_LAB_GRACE_S": "4"}
-    proc = subprocess.Popen([sys.executable, "-m", "sft_lab.sweep", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None, "the sweep ended before it was killed"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("sft_lab.sweep", args, runs, tmp_path, env)
     out = subprocess.run([sys.executable, "-m", "sft_lab.sweep", *args], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
