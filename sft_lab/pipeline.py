@@ -112,7 +112,10 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise
     finally:
+        import resource
+
         record["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["env"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         rec.write_record(run_dir, record)
         tracker.finish(failed=record["status"] == "failed")
 
