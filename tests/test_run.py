@@ -132,3 +132,14 @@ def test_own_file_trains_and_templates_are_a_factor(tmp_path):
     assert recs[0]["fingerprint"] != recs[1]["fingerprint"]
     assert recs[0]["data"]["fingerprint"] != recs[1]["data"]["fingerprint"]
     assert all(r["status"] == "finished" and r["data"]["sources"]["mine"]["examples"] > 30 for r in recs)
+
+
+def test_every_shipped_benchmark_task_evaluates(tmp_path):
+    runs = tmp_path / "runs"
+    tasks = "arc_easy,arc_challenge,boolq,piqa,winogrande,openbookqa"
+    out = run_cli([*TINY, f"eval.tasks=[{tasks}]", "eval.limit=4", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [rec] = records(runs)
+    for task in tasks.split(","):
+        assert 0 <= rec["eval"][task]["acc"]["value"] <= 1, task
+        assert rec["eval_protocol"]["task_versions"][task] == 1.0
