@@ -80,7 +80,9 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
                          f"eval.tasks=[{','.join(tasks)}]", *[f"eval.{k}={'null' if v is None else v}" for k, v in settings.items()],
                          "tracking=none", f"paths.runs_dir={runs_dir}", f"paths.data_dir={row['paths.data_dir']}"]
             print(f"evaluating the base model {model} once (cached in {runs_dir})", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], check=True, stdout=subprocess.DEVNULL)
+            out = subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise tbl.TableError(f"evaluating the base model {model} failed:\n{out.stderr[-2000:]}")
             base = matching(collect(runs_dir)[0])
         bases.append(base.iloc[:1])
     return pd.concat(bases) if bases else df.iloc[0:0]

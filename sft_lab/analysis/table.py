@@ -257,7 +257,7 @@ def to_latex(t: Table) -> str:
              " & ".join(esc(x) for x in t.row_keys + t.columns + ["cost"]) + r" \\", r"\midrule"]
     for r in t.rows:
         cells = [cell_text(r.cells[c], bold=(r"\textbf{", "}"), dagger=r"$^\dagger$").replace("±", r"$\pm$")
-                 .replace("Δ", r"$\Delta$") if c in r.cells else "--" for c in t.columns]
+                 .replace("Δ", r"$\Delta$").replace("–", "--") if c in r.cells else "--" for c in t.columns]
         lines.append(" & ".join([esc(x) for x in r.labels] + cells + [esc(r.cost)]) + r" \\")
         if r.is_base:
             lines.append(r"\midrule")
