@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_lab.config import SHIPPED_TASKS_DIR, shipped_task_names
+from sft_lab.record import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,5 @@ def _write_samples(samples: dict[str, list[dict]], folder: Path) -> None:
             for row in rows:
                 keep = {k: row[k] for k in ("doc_id", "target") if k in row}
                 keep.update({k: v for k, v in row.items() if k in ("acc", "acc_norm", "bits_per_byte")})
-                fh.write(json.dumps(keep, default=_jsonable) + "\n")
+                fh.write(json.dumps(keep, default=jsonable) + "\n")
 
-
-def _jsonable(x):
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return str(x)

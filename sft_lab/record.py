@@ -46,7 +46,7 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     record = {**record, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp = run_dir / f".{RECORD}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=False, default=_jsonable)
+        json.dump(record, fh, indent=2, sort_keys=False, default=jsonable)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, run_dir / RECORD)
@@ -127,7 +127,8 @@ def git_state() -> dict[str, Any]:
     return {"git_sha": None, "git_dirty": None}
 
 
-def _jsonable(x):
+def jsonable(x):
+    """JSON fallback for numpy scalars and the like."""
     try:
         return float(x)
     except (TypeError, ValueError):

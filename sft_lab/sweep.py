@@ -331,15 +331,15 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None
         value = sum(values) / len(values)
         if not math.isfinite(value):
             raise ValueError(f"objective is {value}")
-        study_tell(trial, values=value)
+        trial.study.tell(trial, values=value)
     except TrainingStopped:
         state = optuna.trial.TrialState.PRUNED
-        study_tell(trial, state=state)
+        trial.study.tell(trial, state=state)
     except Exception as e:  # a failing trial is recorded as failed; the sweep goes on
         state = optuna.trial.TrialState.FAIL
         log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
         trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-        study_tell(trial, state=state)
+        trial.study.tell(trial, state=state)
     _mark_records(trial, study_name, state.name.lower())
     log.info("trial %d %s in %.0f s: %s%s", trial.number, state.name.lower(), time.perf_counter() - started,
              " ".join(params), f" -> {values[-1]:.4f}" if values and state.name == "COMPLETE" else "")
@@ -356,10 +356,6 @@ def run_when_free(cfg, study_name: str, sweep_info: dict, on_eval):
         except RunLocked:
             log.info("same config running in another worker; waiting to reuse its record")
             time.sleep(5)
-
-
-def study_tell(trial, **kwargs) -> None:
-    trial.study.tell(trial, **kwargs)
 
 
 def _mark_records(trial, study_name: str, state: str) -> None:

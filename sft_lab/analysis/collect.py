@@ -9,17 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from sft_lab.tracking import flatten
+
 GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def record_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
