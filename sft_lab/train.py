@@ -1,7 +1,7 @@
 """transformers Trainer on the tokenised data -> adapter (or full model) + train metrics.
 
 Checkpoints go to <run>/checkpoints every train.save_steps; a re-launched run resumes from the
-last one. `on_eval` lets a caller (the sweep's pruner) see each held-out loss and stop the run.
+last complete one. `on_eval` lets a caller (the sweep's pruner) see each held-out loss and stop the run.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -46,13 +48,30 @@ class Counts:
         return sum(c["tokens"] for c in self.sources.values())
 
     def save(self, folder: Path) -> None:
-        (folder / self.FILE).write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens}))
+        # Written last and atomically: its presence marks the checkpoint complete.
+        tmp = folder / (self.FILE + ".tmp")
+        tmp.write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens}))
+        os.replace(tmp, folder / self.FILE)
 
     def load(self, folder: Path) -> None:
         path = folder / self.FILE
         if path.is_file():
             saved = json.loads(path.read_text())
             self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
+    """The newest checkpoint whose save finished; ones cut off by a kill are removed."""
+    if not ckpt_dir.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for step, path in reversed(steps):
+        if (path / Counts.FILE).is_file():
+            return str(path)
+        log.warning("Removing checkpoint %s: its save was cut off", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def _trainer_class():
@@ -104,7 +123,6 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
           on_eval: Optional[Callable[[float, int], bool]] = None) -> dict[str, Any]:
     import torch
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from sft_lab.tokens import Collator
 
@@ -125,7 +143,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         logging_first_step=True,
         save_strategy="steps",
         save_steps=train_cfg.save_steps,
-        save_total_limit=1,
+        save_total_limit=2,  # the older one survives a kill during the newer one's save
         eval_strategy="steps" if train_cfg.eval_steps and data.heldout else "no",
         eval_steps=train_cfg.eval_steps or None,
         seed=seed,
@@ -148,7 +166,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         callbacks=[_callback(log_metrics, on_eval, history, counts)],
     )
     trainer.counts = counts
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         log.info("Resuming from checkpoint %s", resume)
         counts.load(Path(resume))

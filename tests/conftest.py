@@ -41,14 +41,14 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 900, module: str = "sft_l
 
 
 def kill_after_first_checkpoint(module: str, args: list[str], runs: Path, cwd: Path, env: dict) -> None:
-    """Start `python -m module args`, and kill -9 it once a training checkpoint is on disk."""
+    """Start `python -m module args`, and kill -9 it once a complete training checkpoint is on disk."""
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/sft_lab_counts.json")):
         assert proc.poll() is None, f"{module} ended before it was killed"
         time.sleep(0.2)
     time.sleep(0.5)

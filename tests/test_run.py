@@ -80,12 +80,16 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     kill_after_first_checkpoint("sft_lab.run", args, runs, tmp_path, {**os.environ, "PYTHONPATH": str(ROOT)})
     [rec] = records(runs)
     assert rec["status"] == "running"  # killed: never marked finished
+    cut_off = Path(rec["run_dir"]) / "checkpoints" / "checkpoint-29"  # a kill in the middle of a save
+    cut_off.mkdir()
+    (cut_off / "adapter_config.json").write_text("{")
 
     out = run_cli(args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     [rec] = records(runs)
     assert rec["status"] == "finished" and rec["train"]["steps"] == 30
-    assert "checkpoint-" in rec["train"]["resumed_from"]
+    assert "checkpoint-" in rec["train"]["resumed_from"] and "checkpoint-29" not in rec["train"]["resumed_from"]
+    assert "save was cut off" in out.stdout + out.stderr
 
 
 def test_force_reruns_and_keeps_the_old_results(tmp_path):
