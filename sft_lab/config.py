@@ -103,6 +103,7 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = 20  # checkpoints so that a killed run resumes
     eval_steps: int = 0  # held-out loss every K steps (0: only at the end)
+    eval_examples: int = 0  # held-out examples in those periodic losses, spread over the split (0: all)
     group_by_length: bool = True  # similar lengths per batch: 1.4% padding on Alpaca vs 34% (benchmarks/padding.py)
 
 
@@ -195,6 +196,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("max_length", "max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps"):
         if t[key] <= 0:
             raise ConfigError(f"train.{key} must be > 0, got train.{key}={t[key]}")
+    for key in ("eval_steps", "eval_examples"):
+        if t[key] < 0:
+            raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
     if t.schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
         raise ConfigError(f"train.schedule={t.schedule!r} is not one of linear, cosine, constant, constant_with_warmup")
     if cfg.model.init not in ("pretrained", "random"):

@@ -65,6 +65,7 @@ class SweepSpec:
     sampler: Dict[str, Any] = field(default_factory=dict)  # {type: tpe (default) | random | grid | cmaes, seed: 0}
     pruner: Dict[str, Any] = field(default_factory=dict)  # {type: median (default) | successive_halving | hyperband | none, ...}
     prune_every: int = 10  # steps between held-out losses reported to the pruner
+    prune_examples: int = 32  # held-out examples in those losses (0: the whole split); the final eval uses all
     n_trials: int = 10
     seeds: List[int] = field(default_factory=lambda: [0])  # replicates of every trial, averaged
     storage: Optional[str] = None  # default: sqlite:///<runs_dir>/optuna.db
@@ -299,7 +300,8 @@ def objective_value(record: dict, metrics: list[str]) -> float:
 
 def trial_overrides(spec: SweepSpec, extra: list[str]) -> list[str]:
     pruning = spec.pruner.get("type", "median") != "none"
-    return [*spec.fixed, *([f"train.eval_steps={spec.prune_every}"] if pruning else []), *extra]
+    prune = [f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"] if pruning else []
+    return [*spec.fixed, *prune, *extra]
 
 
 def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None:

@@ -74,6 +74,16 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
     return None
 
 
+def periodic_heldout(heldout: list, train_cfg) -> Optional[list]:
+    """The held-out examples for the every-eval_steps loss: all, or eval_examples spread over the split."""
+    n = train_cfg.get("eval_examples", 0)
+    if not heldout:
+        return None
+    if 0 < n < len(heldout):
+        return [heldout[i * len(heldout) // n] for i in range(n)]
+    return heldout
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -161,7 +171,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     history: list[dict] = []
     counts = Counts()
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.heldout or None,
+        model=model, args=args, train_dataset=data.train, eval_dataset=periodic_heldout(data.heldout, train_cfg),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
         callbacks=[_callback(log_metrics, on_eval, history, counts)],
     )
@@ -175,10 +185,14 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     wall = time.perf_counter() - start
     stopped = getattr(trainer.state, "stopped_by_caller", False)
 
+    periodic = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     heldout_loss = None
     if data.heldout and not stopped:
-        heldout_loss = trainer.evaluate()["eval_loss"]
-        log_metrics({"eval/heldout_loss": heldout_loss}, trainer.state.global_step)
+        if periodic and periodic[-1]["step"] == trainer.state.global_step and not train_cfg.get("eval_examples"):
+            heldout_loss = periodic[-1]["loss"]  # the periodic evaluation just ran on the whole split
+        else:
+            heldout_loss = trainer.evaluate(eval_dataset=data.heldout)["eval_loss"]
+            log_metrics({"eval/heldout_loss": heldout_loss}, trainer.state.global_step)
     losses = [h["loss"] for h in history if "loss" in h]
     tokens_seen = int(trainer.state.num_input_tokens_seen)
     metrics = {
@@ -195,8 +209,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "trained_on": counts.sources,
         "resumed_from": resume,
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "heldout_curve": list({h["step"]: {"step": h["step"], "loss": h["eval_loss"]}
-                               for h in history if "eval_loss" in h}.values()),
+        "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }
     if stopped:
         raise TrainingStopped(metrics)

@@ -54,6 +54,19 @@ def test_multirun_grid_gives_four_records_in_one_group(tmp_path):
     assert len({r["group"] for r in recs}) == 1 and recs[0]["group"]
 
 
+def test_periodic_heldout_loss_on_a_subset_final_loss_on_the_whole_split(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", "train.eval_examples=0,4", *TINY, "train.eval_steps=2", "eval.tasks=[heldout]",
+                   f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by_n = {r["config"]["train"]["eval_examples"]: r["train"] for r in records(runs)}
+    whole, subset = by_n[0], by_n[4]
+    assert [c["step"] for c in whole["heldout_curve"]] == [c["step"] for c in subset["heldout_curve"]] == [2, 4]
+    assert whole["heldout_loss"] == whole["heldout_curve"][-1]["loss"]  # the step-4 loss, not computed twice
+    assert abs(subset["heldout_loss"] - whole["heldout_loss"]) < 1e-4  # same model, whole split
+    assert abs(subset["heldout_curve"][-1]["loss"] - whole["heldout_curve"][-1]["loss"]) > 1e-6  # 4 of 16 items
+
+
 def test_bad_data_fails_before_training_with_no_record(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": oops}\n')
