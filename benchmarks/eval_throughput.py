@@ -32,19 +32,15 @@ def main() -> None:
 
     import lm_eval
     import torch
-    from hydra import compose, initialize_config_dir
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    import sft_lab.config  # noqa: F401
-    from sft_lab.config import CONF_DIR
+    from sft_lab.config import compose
     from sft_lab.evaluate import evaluate, write_tasks
     from sft_lab.models import add_lora, load_model, load_tokenizer, local_path
 
     tasks = args.tasks.split(",")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"eval.tasks=[{args.tasks}]", f"eval.limit={args.limit}",
-                                                       "eval.log_samples=false"])
+    cfg = compose([f"eval.tasks=[{args.tasks}]", f"eval.limit={args.limit}", "eval.log_samples=false"])
     work = Path(tempfile.mkdtemp())
     write_tasks(work / "tasks", os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), [])
     base_path = local_path(cfg.model.name_or_path, cfg.paths.cache_dir)

@@ -35,18 +35,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
     from torch.utils.data import RandomSampler
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    import sft_lab.config  # noqa: F401
-    from sft_lab.config import CONF_DIR
+    from sft_lab.config import compose
     from sft_lab.data import build_mixture
     from sft_lab.models import load_tokenizer
     from sft_lab.tokens import Collator, tokenise_mixture
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"data={args.data}"])
+    cfg = compose([f"data={args.data}"])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), cfg.seed)
     rows = tokenise_mixture(mix, cfg.template, tok, args.max_length, cfg.paths.cache_dir).train

@@ -29,16 +29,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from hydra import compose, initialize_config_dir
     from peft import LoraConfig, get_peft_model
     from torch.profiler import profile
 
-    import sft_lab.config  # noqa: F401
-    from sft_lab.config import CONF_DIR
+    from sft_lab.config import compose
     from sft_lab.models import load_model, load_tokenizer
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = compose()
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = get_peft_model(load_model(cfg.model, tok, cfg.paths.cache_dir, seed=0),
                            LoraConfig(r=8, lora_alpha=16, lora_dropout=args.lora_dropout, target_modules=TARGETS,

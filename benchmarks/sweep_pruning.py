@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LN2 = math.log(2)
 
 
-def run_sweep(name: str, spec: dict, args, folder: Path) -> list[dict]:
+def run_sweep(name: str, spec: dict, args, folder: Path) -> tuple[list[dict], float]:
     folder.mkdir(parents=True)
     (folder / "sweep.yaml").write_text(json.dumps({"study_name": name, **spec}))
     overrides = [f"model={args.model}", "tracking=none", "data=alpaca", f"data.examples={args.examples}",
@@ -44,21 +44,13 @@ def run_sweep(name: str, spec: dict, args, folder: Path) -> list[dict]:
         sys.exit(f"sweep {name} failed:\n{out.stderr[-3000:]}")
     wall = time.perf_counter() - start
     records = [json.loads(p.read_text()) for p in (folder / "runs").glob("*/record.json")]
-    for r in records:
-        r["_wall_s"] = wall
-        r["_items"] = item_bits(Path(r["run_dir"])) if r["status"] == "finished" else None
-    return records
+    return records, wall
 
 
 def item_bits(run_dir: Path) -> dict[int, tuple[float, int]]:
     """doc_id -> (log-likelihood, bytes) of each held-out answer, from the run's per-item samples."""
     rows = [json.loads(line) for line in (run_dir / "samples" / "heldout.jsonl").read_text().splitlines()]
     return {row["doc_id"]: tuple(row["bits_per_byte"]) for row in rows}
-
-
-def bpb(items: dict[int, tuple[float, int]], ids) -> float:
-    ll = sum(items[i][0] for i in ids)
-    return -ll / sum(items[i][1] for i in ids) / LN2
 
 
 def bootstrap_ci(items: dict[int, tuple[float, int]], iters: int = 5000, seed: int = 0) -> tuple[float, float]:
@@ -72,16 +64,16 @@ def bootstrap_ci(items: dict[int, tuple[float, int]], iters: int = 5000, seed: i
     return float(lo), float(hi)
 
 
-def summarise(records: list[dict]) -> dict:
+def summarise(records: list[dict], wall: float) -> dict:
     finished = [r for r in records if r["status"] == "finished"]
     best = min(finished, key=lambda r: r["eval"]["heldout"]["bits_per_byte"]["value"])
     return {
-        "wall_s": round(records[0]["_wall_s"], 1), "trials": len(records),
+        "wall_s": round(wall, 1), "trials": len(records),
         "pruned": sum(r["status"] == "pruned" for r in records),
         "train_steps": sum(r["train"]["steps"] for r in records if r.get("train")),
         "best_bpb": round(best["eval"]["heldout"]["bits_per_byte"]["value"], 4),
         "best": {"lr": best["config"]["lr"], "lora.r": best["config"]["lora"]["r"]},
-        "_best": best,
+        "_items": item_bits(Path(best["run_dir"])),
     }
 
 
@@ -117,11 +109,10 @@ def main() -> None:
               "space": {"lr": {"type": "float", "low": min(lrs), "high": max(lrs), "log": True},
                         "lora.r": {"type": "categorical", "choices": ranks}}, "n_trials": n}
     with tempfile.TemporaryDirectory() as tmp:
-        grid_runs = run_sweep("grid", grid, args, Path(tmp) / "grid")
-        search_runs = run_sweep("search", search, args, Path(tmp) / "search")
-        g, s = summarise(grid_runs), summarise(search_runs)
-        lo, hi = bootstrap_ci(g["_best"]["_items"])
-    g.pop("_best"), s.pop("_best")
+        g = summarise(*run_sweep("grid", grid, args, Path(tmp) / "grid"))
+        s = summarise(*run_sweep("search", search, args, Path(tmp) / "search"))
+    lo, hi = bootstrap_ci(g.pop("_items"))
+    s.pop("_items")
     within = s["best_bpb"] <= hi
     step_fraction = s["train_steps"] / g["train_steps"]
     wall_fraction = s["wall_s"] / g["wall_s"]

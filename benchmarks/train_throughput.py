@@ -49,17 +49,14 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
 def setup(args):
     """The model, tokenizer, and the benchmark's examples as (conversation, prompt, answer)."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    import sft_lab.config  # noqa: F401
-    from sft_lab.config import CONF_DIR
+    from sft_lab.config import compose
     from sft_lab.data import build_mixture
     from sft_lab.models import load_model, load_tokenizer
     from sft_lab.templates import render_prompt
 
     torch.manual_seed(0)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["data=alpaca", f"data.examples={args.steps * args.batch_size}"])
+    cfg = compose(["data=alpaca", f"data.examples={args.steps * args.batch_size}"])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = load_model(cfg.model, tok, cfg.paths.cache_dir, seed=0)
     mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), seed=0)

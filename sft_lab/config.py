@@ -159,6 +159,17 @@ register()
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+def compose(overrides: Optional[List[str]] = None) -> DictConfig:
+    """conf/config.yaml with these overrides, outside a Hydra app (sweep trials, benchmarks, tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()  # inside a Hydra job (sweep_worker), compose anew
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
 FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "messages")
 
 

@@ -278,18 +278,6 @@ def suggest(trial, spec: SweepSpec) -> list[str]:
     return overrides
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from sft_lab.config import CONF_DIR
-
-    GlobalHydra.instance().clear()  # inside a Hydra job (sweep_worker), compose anew
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def objective_value(record: dict, metrics: list[str]) -> float:
     values = []
     for name in metrics:
@@ -309,7 +297,7 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None
     import optuna
 
     from sft_lab import record as rec
-    from sft_lab.config import to_container
+    from sft_lab.config import compose, to_container
     from sft_lab.train import TrainingStopped
 
     sign = 1 if spec.objective.direction == "minimize" else -1
@@ -391,7 +379,7 @@ def worker(spec: SweepSpec, storage_url: str, study_name: str, extra: list[str])
 
 def check(spec: SweepSpec, extra: list[str]) -> str:
     """Before any trial: every searched key exists, each choice composes, the objective is produced."""
-    from sft_lab.config import validate
+    from sft_lab.config import compose, validate
 
     for key, p in spec.space.items():
         values = list(p.choices) if p.type == "categorical" else [p.low, p.high]

@@ -66,7 +66,7 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
         return None
     steps = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
-    for step, path in reversed(steps):
+    for _, path in reversed(steps):
         if (path / Counts.FILE).is_file():
             return str(path)
         log.warning("Removing checkpoint %s: its save was cut off", path)

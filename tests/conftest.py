@@ -16,22 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from sft_lab.config import compose  # noqa: E402,F401  (the tests compose the real config with it)
+
 # Small enough for seconds on 2 CPU cores; real data, real training, real lm-eval.
 TINY = [
     "model=tiny", "tracking=none", "data.examples=64", "data.heldout_max=16", "train.max_steps=4",
     "train.batch_size=4", "train.max_length=128", "train.logging_steps=1", "eval.tasks=[arc_easy,heldout]",
     "eval.limit=8", "eval.batch_size=8",
 ]
-
-
-def compose(overrides: list[str] | None = None):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import sft_lab.config  # noqa: F401
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides or [])
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 900, module: str = "sft_lab.run") -> subprocess.CompletedProcess:
