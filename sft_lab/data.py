@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from sft_lab import toy
+
 log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
@@ -127,7 +129,15 @@ def load_source(name: str, src, data_dir: str) -> tuple[list[Example], dict[str,
     """Read one source (file, else Hub) into conversations; returns examples and provenance."""
     records: Iterable[tuple[str, dict]]
     path = Path(src.path) if src.path and Path(src.path).is_absolute() else Path(data_dir) / (src.path or "")
-    if src.path and path.is_file():
+    if src.path and src.path.startswith(toy.SCHEME):
+        task = src.path[len(toy.SCHEME):]
+        try:
+            rows = toy.records(task)
+        except toy.ToyError as e:
+            raise DataError(f"data.sources.{name}.path: {e}") from None
+        records = ((f"{src.path}#{i}", r) for i, r in enumerate(rows))
+        provenance = {"generator": src.path, "sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest()}
+    elif src.path and path.is_file():
         records, provenance = read_records(path), {"file": str(path), "sha256": _sha256(path)}
     elif src.hub:
         records, provenance = _hub_records(name, src, path), {"hub": src.hub}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,38 @@ def builtin_task_names() -> frozenset[str]:
     return frozenset(TaskManager().all_tasks)
 
 
-def write_tasks(tasks_dir: Path, data_dir: str, heldout_rows: list[dict[str, str]]) -> None:
-    """Shipped task YAMLs with the data path filled in, plus the held-out task."""
+def write_tasks(tasks_dir: Path, data_dir: str, heldout_rows: list[dict[str, str]], render=None) -> None:
+    """Shipped task YAMLs with the data path filled in, the held-out task, and the toy tasks' items.
+
+    `render(conversation) -> (prompt, answer)` is the run's template, so toy prompts read as trained.
+    """
     tasks_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = str(Path(data_dir).resolve())
+    dirs = {"__DATA_DIR__": Path(data_dir).resolve(), "__TASKS_DIR__": tasks_dir.resolve()}
+
+    def fill(match: re.Match) -> str:  # a JSON string is a YAML scalar, whatever the path holds
+        return json.dumps(str(dirs[match.group(1)]) + match.group(2))
+
     for src in SHIPPED_TASKS_DIR.glob("*.yaml"):
-        (tasks_dir / src.name).write_text(src.read_text().replace("__DATA_DIR__", data_dir))
+        (tasks_dir / src.name).write_text(re.sub(r"(__DATA_DIR__|__TASKS_DIR__)([^\s,}]*)", fill, src.read_text()))
     shutil.copy(SHIPPED_TASKS_DIR / "heldout_utils.py", tasks_dir / "heldout_utils.py")
-    heldout_file = tasks_dir / "heldout.jsonl"
-    with open(heldout_file, "w") as fh:
-        for row in heldout_rows:
+    _write_jsonl(tasks_dir / "heldout.jsonl", heldout_rows)
+    (tasks_dir / "heldout.yaml").write_text(HELDOUT_YAML % json.dumps(str((tasks_dir / "heldout.jsonl").resolve())))
+    if render is not None:
+        from sft_lab import toy
+
+        for task in toy.TASKS:
+            rows = []
+            for item in toy.eval_items(task):
+                prompt, answer = render(item["conversation"])
+                lead = answer[: len(answer) - len(answer.lstrip())]  # the prompt's whitespace, moved onto answers
+                rows.append({"prompt": prompt, "choices": [lead + c for c in item["choices"]], "label": item["label"]})
+            _write_jsonl(tasks_dir / f"toy_{task}.jsonl", rows)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as fh:
+        for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (tasks_dir / "heldout.yaml").write_text(HELDOUT_YAML % json.dumps(str(heldout_file.resolve())))
 
 
 def check_benchmark_files(tasks: list[str], tasks_dir: Path) -> None:
@@ -135,7 +156,7 @@ def _write_samples(samples: dict[str, list[dict]], folder: Path) -> None:
     for task, rows in samples.items():
         with open(folder / f"{task}.jsonl", "w") as fh:
             for row in rows:
-                keep = {k: row[k] for k in ("doc_id", "target") if k in row}
+                keep = {k: row[k] for k in ("doc_id", "doc_hash", "prompt_hash", "target") if k in row}
                 keep.update({k: v for k, v in row.items() if k in ("acc", "acc_norm", "bits_per_byte")})
                 fh.write(json.dumps(keep, default=jsonable) + "\n")
 

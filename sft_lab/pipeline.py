@@ -70,7 +70,8 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
                                 token_budget=cfg.data.tokens)
         heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
                         for ex in mixture.heldout]
-    write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows)
+    write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows,
+                render=lambda conv: render_prompt(conv, cfg.template, tokenizer))
     from sft_lab.evaluate import check_benchmark_files
 
     check_benchmark_files(list(cfg.eval.tasks), run_dir / "tasks")

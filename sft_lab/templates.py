@@ -51,7 +51,22 @@ def render_segments(conv: list[dict], template, tokenizer) -> list[tuple[str, bo
             segments.append((msg["content"] + fill(template.assistant_suffix), True))
         else:
             raise TemplateError(f"template {template.name!r}: a {msg['role']!r} message after the first turn")
-    return [(t, trained) for t, trained in segments if t]
+    return _whitespace_to_answers([(t, trained) for t, trained in segments if t])
+
+
+def _whitespace_to_answers(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Move a prompt's trailing whitespace onto the answer after it, as lm-eval does when it scores.
+
+    "...stone\n\n" tokenised alone ends in one "\n\n" token, but lm-eval encodes "\n\napple" as
+    "\n", "\n", "apple": without this, held-out log-likelihoods score a tokenisation never trained on.
+    """
+    out = list(segments)
+    for i in range(1, len(out)):
+        (prev, prev_trained), (text, trained) = out[i - 1], out[i]
+        ws = prev[len(prev.rstrip()):]
+        if trained and not prev_trained and ws and prev.strip():
+            out[i - 1], out[i] = (prev[: len(prev) - len(ws)], False), (ws + text, True)
+    return out
 
 
 def _native_segments(conv: list[dict], tokenizer) -> list[tuple[str, bool]]:
@@ -68,7 +83,7 @@ def _native_segments(conv: list[dict], tokenizer) -> list[tuple[str, bool]]:
             raise TemplateError("template=native: the tokenizer's chat template does not render turns as prefixes")
         segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
         done = full
-    return [(t, trained) for t, trained in segments if t]
+    return _whitespace_to_answers([(t, trained) for t, trained in segments if t])
 
 
 def render_prompt(conv: list[dict], template, tokenizer) -> tuple[str, str]:
@@ -106,7 +121,8 @@ def fingerprint_template(template, tokenizer) -> str:
     blob = json.dumps(
         {"template": OmegaConf.to_container(template, resolve=True), "tokenizer": tokenizer.name_or_path
          if not hasattr(tokenizer, "backend_tokenizer") else tokenizer.backend_tokenizer.to_str(),
-         "chat_template": getattr(tokenizer, "chat_template", None) if template.native else None},
+         "chat_template": getattr(tokenizer, "chat_template", None) if template.native else None,
+         "rendering": 2},  # 2: prompt whitespace moved onto the answer
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.collect import collect, collect_wandb
 
-CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def parse_args(argv=None):
@@ -64,20 +65,22 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
     if not tasks:
         return df.iloc[0:0]
     first = runs.iloc[0]
-    settings = {k: first.get(f"eval.{k}") for k in ("limit", "num_fewshot", "apply_chat_template")}
+    settings = {k: first.get(f"eval.{k}") for k in ("limit", "num_fewshot", "apply_chat_template", "include_path")}
     bases = []
     for model in sorted(runs["model"].unique()):
         def matching(frame):
-            b = frame[frame["baseline"] & (frame["model"] == model)]
+            b = frame[frame["baseline"] & (frame["model"] == model) & (frame["template"] == first["template"])]
             for k, v in settings.items():
-                b = b[b[f"eval.{k}"].astype(str) == str(v)]
+                b = b[b[f"eval.{k}"].map(_override_value) == _override_value(v)]
             return b[b[[f"eval/{t}/acc" for t in tasks if f"eval/{t}/acc" in b]].notna().all(axis=1)] if len(b) else b
         base = matching(df)
         if base.empty:
             row = runs[runs["model"] == model].iloc[0]
-            preset = [f"model={model}"] if (CONF_MODELS / f"{model}.yaml").is_file() else []
+            preset = [f"model={model}"] if (CONF / "model" / f"{model}.yaml").is_file() else []
+            template = row.get("template")  # prompts of template-rendered tasks (toy_*) must match the runs'
+            preset += [f"template={template}"] if template and (CONF / "template" / f"{template}.yaml").is_file() else []
             overrides = [*preset, f"model.name_or_path={row['model.name_or_path']}", "baseline=true",
-                         f"eval.tasks=[{','.join(tasks)}]", *[f"eval.{k}={'null' if v is None else v}" for k, v in settings.items()],
+                         f"eval.tasks=[{','.join(tasks)}]", *[f"eval.{k}={_override_value(v)}" for k, v in settings.items()],
                          "tracking=none", f"paths.runs_dir={runs_dir}", f"paths.data_dir={row['paths.data_dir']}"]
             print(f"evaluating the base model {model} once (cached in {runs_dir})", file=sys.stderr)
             out = subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], capture_output=True, text=True)
@@ -86,6 +89,12 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
             base = matching(collect(runs_dir)[0])
         bases.append(base.iloc[:1])
     return pd.concat(bases) if bases else df.iloc[0:0]
+
+
+def _override_value(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "null"
+    return json.dumps(v) if isinstance(v, str) and not v.replace(".", "").replace("/", "").isalnum() else str(v)
 
 
 def main(argv=None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,22 @@ def collect_wandb(path: str, group: str | None) -> tuple[pd.DataFrame, Counter]:
     return pd.DataFrame(rows), excluded
 
 
-def load_items(run_dir: str, task: str, metric: str) -> dict[Any, float]:
-    """Per-item results of one run (from samples/<task>.jsonl): doc_id -> metric value."""
+def load_items(run_dir: str, task: str, metric: str) -> dict[tuple, Any]:
+    """Per-item results of one run (from samples/<task>.jsonl): item key -> value.
+
+    The key is (doc_id, doc_hash, prompt_hash), so two runs share a key only for the same item asked
+    the same way. A value is a float, or (bits, bytes) for bits_per_byte, whose aggregate is a ratio.
+    """
     path = Path(run_dir) / "samples" / f"{task}.jsonl"
     if not path.is_file():
         return {}
-    items = {}
+    items: dict[tuple, Any] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        if metric in row and isinstance(row[metric], (int, float)):
-            items[row["doc_id"]] = float(row[metric])
+        key = (row["doc_id"], row.get("doc_hash") or json.dumps(row.get("target")), row.get("prompt_hash"))
+        value = row.get(metric)
+        if metric == "bits_per_byte" and isinstance(value, list) and len(value) == 2:
+            items[key] = (-float(value[0]) / math.log(2), float(value[1]))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            items[key] = float(value)
     return items

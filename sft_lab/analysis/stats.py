@@ -1,8 +1,21 @@
-"""Statistics for ablation tables: t-intervals over seeds, a paired bootstrap over eval items, Holm."""
+"""Statistics for ablation tables, over seeds and eval items both.
+
+A run's score on an item is seen as  mean + seed effect + item effect + seed×item noise.  Each
+comparison is a matrix of runs × items per arm (same items in both arms). The variance of a mean,
+or of a difference of arm means, gets one term per source of variance, estimated by the usual
+two-way ANOVA, and a t reference distribution with Welch–Satterthwaite degrees of freedom. For a
+balanced design this is what a linear mixed model with crossed random seed and item effects gives,
+without fitting one. Seed variance cannot be estimated from one run: then nothing is claimed.
+
+Ratio metrics (bits per byte: total bits / total bytes) enter as per-item pseudo-values whose mean is
+the ratio and whose variance is the ratio's delta-method variance.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -21,11 +34,124 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None, i
     return float(x.mean()), float(half), n
 
 
-def paired_bootstrap(a, b, iters: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p-value that mean(a - b) is 0, resampling items (a[i] and b[i] are the same item).
+def pseudo_values(bits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """runs × items (bits, bytes) -> runs × items values whose row mean is each run's bits/bytes ratio."""
+    bits, weights = np.asarray(bits, float), np.asarray(weights, float)
+    ratio = bits.sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
+    return ratio + (bits - ratio * weights) / weights.mean(axis=1, keepdims=True)
 
-    The bootstrap distribution of the mean difference is shifted to the null (centred on 0) and the
-    p-value is the share of it at least as far from 0 as the observed difference.
+
+@dataclass
+class Components:
+    """Variance components of one runs × items matrix."""
+
+    n_runs: int
+    n_items: int
+    var_run_means: float  # between-run variance of the run means (NaN for one run)
+    var_item_means: float  # between-item variance of the item means (over runs)
+    residual: float  # seed × item noise (NaN for one run)
+
+    @property
+    def seed(self) -> float:
+        """Seed variance beyond what item noise explains (>= 0)."""
+        return max(0.0, self.var_run_means - self.residual / self.n_items) if self.n_runs > 1 else math.nan
+
+    @property
+    def item(self) -> float:
+        return max(0.0, self.var_item_means - (self.residual / self.n_runs if self.n_runs > 1 else 0.0))
+
+
+def components(y: np.ndarray) -> Components:
+    y = np.asarray(y, float)
+    n, k = y.shape
+    run_means, item_means = y.mean(axis=1), y.mean(axis=0)
+    if n > 1 and k > 1:
+        resid = y - run_means[:, None] - item_means[None, :] + y.mean()
+        residual = float((resid ** 2).sum() / ((n - 1) * (k - 1)))
+    else:
+        residual = math.nan
+    return Components(n, k, float(run_means.var(ddof=1)) if n > 1 else math.nan,
+                      float(item_means.var(ddof=1)) if k > 1 else 0.0, residual)
+
+
+def _satterthwaite(terms: list[tuple[float, float]]) -> float:
+    """Degrees of freedom of a sum of variance terms [(term, its df)]."""
+    total = sum(t for t, _ in terms)
+    denom = sum(t * t / df for t, df in terms if df > 0 and t > 0)
+    return total * total / denom if denom > 0 else math.inf
+
+
+@dataclass
+class Estimate:
+    mean: float
+    half: float  # 95% half-width
+    df: float
+    seeds_measured: bool  # False: one run, so the interval covers item variance only
+
+
+def interval(y: np.ndarray, confidence: float = 0.95) -> Estimate:
+    """Mean of a runs × items matrix and a CI over both seeds and items (items only for one run)."""
+    from scipy import stats
+
+    c = components(y)
+    y = np.asarray(y, float)
+    if c.n_runs > 1:
+        terms = [(c.var_run_means / c.n_runs, c.n_runs - 1), (c.item / c.n_items, c.n_items - 1)]
+    else:
+        terms = [(c.var_item_means / c.n_items, c.n_items - 1)]
+    var = sum(t for t, _ in terms)
+    df = _satterthwaite(terms)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(var)) if var > 0 else 0.0
+    return Estimate(float(y.mean()), half, df, c.n_runs > 1)
+
+
+@dataclass
+class Comparison:
+    diff: float  # mean(a) - mean(b)
+    se: float
+    df: float
+    p: float
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> Optional[Comparison]:
+    """Two arms, runs × items each over the same items (columns paired). None when an arm has one run."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape[0] < 2 or b.shape[0] < 2 or a.shape[1] != b.shape[1]:
+        return None
+    ca, cb = components(a), components(b)
+    k = a.shape[1]
+    d_items = a.mean(axis=0) - b.mean(axis=0)
+    item_var = float(d_items.var(ddof=1)) if k > 1 else 0.0
+    interaction = max(0.0, item_var - ca.residual / ca.n_runs - cb.residual / cb.n_runs) if k > 1 else 0.0
+    terms = [(ca.var_run_means / ca.n_runs, ca.n_runs - 1), (cb.var_run_means / cb.n_runs, cb.n_runs - 1),
+             (interaction / k, k - 1)]
+    var = sum(t for t, _ in terms)
+    diff = float(a.mean() - b.mean())
+    if var <= 0:
+        return Comparison(diff, 0.0, math.inf, 1.0 if diff == 0 else 0.0)
+    df = _satterthwaite(terms)
+    se = math.sqrt(var)
+    return Comparison(diff, se, df, float(2 * stats.t.sf(abs(diff) / se, df)))
+
+
+def detectable_effect(se: float, df: float, power: float = 0.8, alpha: float = 0.05) -> float:
+    """Smallest true difference a two-sided level-alpha t-test finds with this power, given its SE."""
+    from scipy import stats
+
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def planned_se(seed: float, residual: float, interaction: float, n_seeds: int, n_items: int) -> float:
+    """SE of a difference of two arm means with n_seeds runs each on n_items shared items."""
+    return math.sqrt(2 * (seed / n_seeds + residual / (n_seeds * n_items)) + interaction / n_items)
+
+
+def paired_bootstrap(a, b, iters: int = 10_000, seed: int = 0) -> float:
+    """Item-only test (the tables' test before seeds were counted), kept to measure it against.
+
+    Two-sided p-value that mean(a - b) is 0, resampling items of two per-item vectors.
     """
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if len(d) == 0:

@@ -1,7 +1,9 @@
-"""Ablation table: rows are factor levels, columns are eval tasks, cells are mean ± 95% CI over seeds.
+"""Ablation table: rows are factor levels, columns are eval tasks, cells are mean ± 95% CI.
 
-Significance is a paired bootstrap over the eval items against a reference row, Holm-corrected
-across the table. Runs with different eval protocols are refused unless explicitly allowed.
+Intervals and tests count both sources of variance, the seeds and the eval items (see
+sft_lab/analysis/stats.py); a column whose items differ between rows is shown but never compared.
+Significance is against a reference row, Holm-corrected across the table. Runs with different eval
+protocols are refused unless explicitly allowed.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
+from sft_lab.analysis import stats
 from sft_lab.analysis.collect import load_items
-from sft_lab.analysis.stats import holm, paired_bootstrap, t_interval
 
 LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
-METRIC_ORDER = {"heldout": ["loss", "bits_per_byte"]}
-DEFAULT_ORDER = ["acc", "acc_norm", "loss", "bits_per_byte"]
+METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
+DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
                "train.wall_s", "baseline")
+ALPHA = 0.05
 
 
 class TableError(ValueError):
@@ -30,12 +34,14 @@ class TableError(ValueError):
 @dataclass
 class Cell:
     mean: float = math.nan
-    half: Optional[float] = None  # CI half-width (t over seeds; 1.96 x lm-eval stderr for one seed)
-    n: int = 0
-    from_stderr: bool = False
+    half: Optional[float] = None  # 95% CI half-width
+    n: int = 0  # runs
+    basis: str = "seeds+items"  # what the interval covers: seeds+items | items | runs
     delta: Optional[float] = None  # vs the base model
     p: Optional[float] = None  # Holm-adjusted, vs the reference row
+    untested: bool = False  # a test was wanted but one arm has one run (seed variance not measured)
     best: bool = False
+    pooled: str = ""  # factors other than the seed that the cell's runs vary over, e.g. "seed×lr"
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Table:
     columns: list[str]  # "task/metric", then "Average"
     rows: list[Row]
     legend: list[str]
+    power: dict[str, str] = field(default_factory=dict)  # column -> minimum detectable effect, as text
 
 
 def pick_metric(df: pd.DataFrame, task: str, metric: Optional[str]) -> Optional[str]:
@@ -94,14 +101,41 @@ def pooled_factors(df: pd.DataFrame, rows: list[str], seeds: str) -> list[str]:
     return pooled
 
 
-def _items(run_dirs: list[str], task: str, metric: str) -> dict[Any, float]:
-    """Per-item results averaged over a row's runs (its seeds)."""
-    per_run = [load_items(d, task, metric) for d in run_dirs if d]
-    per_run = [r for r in per_run if r]
-    if not per_run:
-        return {}
-    common = set.intersection(*(set(r) for r in per_run))
-    return {doc: sum(r[doc] for r in per_run) / len(per_run) for doc in common}
+class Items:
+    """Per-item results of every run, per column, as runs × items matrices."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+        self.cache: dict[tuple[str, str], dict] = {}
+
+    def of(self, run_dir: str, column: str) -> dict:
+        if (run_dir, column) not in self.cache:
+            task, metric = column.split("/")
+            self.cache[(run_dir, column)] = load_items(run_dir, task, metric) if run_dir else {}
+        return self.cache[(run_dir, column)]
+
+    def shared_keys(self, run_dirs: list[str], column: str) -> Optional[list]:
+        """The item keys when every run has the same non-empty item set; None otherwise."""
+        sets = [frozenset(self.of(d, column)) for d in run_dirs]
+        if not sets or not sets[0] or any(s != sets[0] for s in sets):
+            return None
+        return sorted(sets[0], key=str)
+
+    def matrix(self, run_dirs: list[str], column: str, keys: list) -> np.ndarray:
+        per_run = [self.of(d, column) for d in run_dirs]
+        if isinstance(per_run[0][keys[0]], tuple):  # (bits, bytes): a ratio metric
+            bits = np.array([[r[k][0] for k in keys] for r in per_run])
+            return stats.pseudo_values(bits, np.array([[r[k][1] for k in keys] for r in per_run]))
+        return np.array([[r[k] for k in keys] for r in per_run], dtype=float)
+
+    def average(self, run_dirs: list[str], columns: list[str], keys: dict[str, list]) -> np.ndarray:
+        """runs × items whose row mean is the mean of the columns' means (each task weighs the same)."""
+        parts, total = [], sum(len(keys[c]) for c in columns)
+        for c in columns:
+            m = self.matrix(run_dirs, c, keys[c])
+            parts.append((m - m.mean()) * total / (len(columns) * m.shape[1]))
+        grand = np.mean([self.matrix(run_dirs, c, keys[c]).mean() for c in columns])
+        return np.concatenate(parts, axis=1) + grand
 
 
 def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: Optional[dict[str, str]] = None,
@@ -117,37 +151,55 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     tasks = [t for t in tasks if runs[[c for c in runs.columns if c.startswith(f"eval/{t}/")]].notna().any(axis=1).all()]
     columns = [f"{t}/{pick_metric(runs, t, metric)}" for t in tasks]
     legend: list[str] = []
-    both = pd.concat([runs, base]) if base is not None and not base.empty else runs
-    diffs = check_protocols(both, [t for t in tasks if base is None or t != "heldout"])
+    has_base = base is not None and not base.empty
+    both = pd.concat([runs, base]) if has_base else runs
+    diffs = check_protocols(both, [t for t in tasks if not has_base or t != "heldout"])
     if diffs:
         if not allow_mixed:
             raise TableError("runs differ in eval protocol, so their numbers are not comparable: " + "; ".join(diffs)
                              + ". Filter them apart (--filter) or pass --allow-mixed-protocols.")
         legend.append("WARNING: mixed eval protocols (" + "; ".join(diffs) + ").")
+
+    items = Items(columns)
+    all_dirs = [d for d in runs["run_dir"].tolist() if d]
+    base_dirs = [d for d in base["run_dir"].tolist() if d] if has_base else []
+    shared = {c: items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c) for c in columns}
+    differ = [c for c in columns if shared[c] is None and any(items.of(d, c) for d in all_dirs)]
     acc_columns = [c for c in columns if higher_is_better(c)]
+    average_ok = bool(acc_columns) and all(shared[c] for c in acc_columns)
+    pooled = pooled_factors(runs, rows, seeds)
+
+    def make_cell(group: pd.DataFrame, col: str, is_base: bool) -> Cell:
+        dirs = [d for d in group["run_dir"].tolist() if d]
+        keys = shared.get(col) if col != "Average" else None
+        if col == "Average":
+            per_run = group[[f"eval/{c}" for c in acc_columns]].mean(axis=1, skipna=False).dropna().tolist()
+            if average_ok and len(dirs) == len(group):
+                est = stats.interval(items.average(dirs, acc_columns, shared))
+                return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
+            mean, half, n = stats.t_interval(per_run)
+            return Cell(mean, half, n, "runs")
+        own = items.shared_keys(dirs, col) if keys is None else keys
+        if own and len(dirs) == len(group) and (keys is not None or col in differ):
+            est = stats.interval(items.matrix(dirs, col, own))
+            return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
+        vals = group[f"eval/{col}"].dropna().tolist() if f"eval/{col}" in group else []
+        mean, half, n = stats.t_interval(vals)
+        return Cell(mean, half, n, "runs")
 
     def make_row(labels, group: pd.DataFrame, is_base=False) -> Row:
-        cells = {}
-        for col in columns:
-            key = f"eval/{col}"
-            vals = group[key].dropna().tolist() if key in group else []
-            mean, half, n = t_interval(vals)
-            from_stderr = False
-            if n == 1:
-                se = group[f"stderr/{col}"].iloc[0] if f"stderr/{col}" in group else None
-                if se is not None and not pd.isna(se):
-                    half, from_stderr = 1.96 * float(se), True
-            cells[col] = Cell(mean, half, n, from_stderr)
-        if acc_columns:
-            per_run = group[[f"eval/{c}" for c in acc_columns]].mean(axis=1, skipna=False).dropna().tolist()
-            mean, half, n = t_interval(per_run)
-            cells["Average"] = Cell(mean, half, n)
+        cols = columns + (["Average"] if acc_columns else [])
+        cells = {col: make_cell(group, col, is_base) for col in cols}
+        varying = [k for k in pooled if k in group and group[k].nunique(dropna=False) > 1]
+        if not is_base and varying:
+            for c in cells.values():
+                c.pooled = "×".join([seeds] + varying)
         tokens, wall = group["train.tokens_seen"].mean(), group["train.wall_s"].mean()
         cost = "" if is_base or pd.isna(tokens) else f"{tokens / 1e3:.1f}k tok, {wall:.0f} s"
         return Row(labels, cells, cost, is_base, runs=group["run_dir"].tolist())
 
     table_rows = []
-    if base is not None and not base.empty:
+    if has_base:
         table_rows.append(make_row(("base model",) + ("",) * (len(rows) - 1), base, is_base=True))
     for labels, group in runs.groupby(rows, dropna=False, sort=True):
         labels = labels if isinstance(labels, tuple) else (labels,)
@@ -155,54 +207,107 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         row.is_ref = bool(ref) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
         table_rows.append(row)
     all_columns = columns + (["Average"] if acc_columns else [])
+    comparable = [c for c in all_columns if c not in differ and (c != "Average" or not any(x in differ for x in acc_columns))]
 
     base_row = next((r for r in table_rows if r.is_base), None)
     if base_row:
         for row in table_rows:
             for col, cell in row.cells.items():
                 b = base_row.cells.get(col)
-                if not row.is_base and b and not math.isnan(b.mean):
+                if not row.is_base and b and not math.isnan(b.mean) and col in comparable:
                     cell.delta = cell.mean - b.mean
         legend.append("Δ: difference from the base model (first row), evaluated with the same protocol.")
+    tested = [c for c in columns if shared[c]] + (["Average"] if average_ok else [])
     if ref:
-        _significance(table_rows, columns, ref, legend)
-    for col in all_columns:
+        _significance(table_rows, tested, ref, items, shared, acc_columns, legend)
+    for col in comparable:
         cand = [r.cells[col] for r in table_rows if not r.is_base and col in r.cells and not math.isnan(r.cells[col].mean)]
         if cand:
             best = (max if higher_is_better(col) else min)(c.mean for c in cand)
             for c in cand:
                 c.best = c.mean == best
-    legend.insert(0, "Cells: mean ± 95% CI half-width over seeds (t-interval, n runs); n=1 uses 1.96 × lm-eval's "
-                     "stderr (marked se). Best per column in bold." + (" Average: mean of the accuracy columns per run."
-                                                                        if acc_columns else ""))
-    pooled = pooled_factors(runs, rows, seeds)
+    power = _power(table_rows, tested, items, shared, acc_columns)
+    legend.insert(0, "Cells: mean ± 95% CI over seeds and eval items (two variance components, t with Welch–"
+                     "Satterthwaite df), n = runs. 'items only': one run, so seed variance was not measured and the "
+                     "interval covers the eval items alone. 'runs only': no per-item results, t-interval over runs. "
+                     "Best per column in bold." + (" Average: mean of the accuracy columns, every task weighted "
+                                                   "the same." if acc_columns else ""))
+    if differ:
+        legend.append("Not compared (no bold, Δ or test): " + ", ".join(differ) + ": its items differ between rows "
+                      "(e.g. each run's own held-out split), so the rows are scored on different test sets.")
+    if power:
+        legend.append("min. detectable Δ: the smallest true difference from another row that a test here finds with "
+                      "80% power at α=0.05 (two-sided, before Holm), for the seeds per row and the items shown.")
     if pooled:
-        legend.append("Rows pool over: " + ", ".join(pooled[:6]) + ("…" if len(pooled) > 6 else ""))
+        legend.append("Rows pool over: " + ", ".join(pooled[:6]) + ("…" if len(pooled) > 6 else "")
+                      + "; those cells' n counts runs over the factors named in the cell (e.g. n=4: seed×lr).")
     if excluded:
         legend.append("Excluded: " + ", ".join(f"{n} {s}" for s, n in sorted(excluded.items())) + " run(s).")
-    return Table(list(rows), all_columns, table_rows, legend)
+    return Table(list(rows), all_columns, table_rows, legend, power)
 
 
-def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str], legend: list[str]) -> None:
+def _arm(row: Row, col: str, items: Items, shared: dict, acc_columns: list[str]) -> np.ndarray:
+    dirs = [d for d in row.runs if d]
+    return items.average(dirs, acc_columns, shared) if col == "Average" else items.matrix(dirs, col, shared[col])
+
+
+def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str], items: Items, shared: dict,
+                  acc_columns: list[str], legend: list[str]) -> None:
     ref_rows = [r for r in table_rows if r.is_ref]
     if len(ref_rows) != 1:
         raise TableError(f"--ref {ref} matches {len(ref_rows)} rows; it must match exactly one")
     ref_row = ref_rows[0]
-    tests = []
+    tests, untested = [], 0
     for row in table_rows:
         if row.is_ref or row.is_base:
             continue
         for col in columns:
-            task, metric = col.split("/")
-            a, b = _items(row.runs, task, metric), _items(ref_row.runs, task, metric)
-            common = sorted(set(a) & set(b), key=str)
-            if len(common) >= 2:
-                tests.append((row, col, paired_bootstrap([a[d] for d in common], [b[d] for d in common])))
-    for (row, col, _), adj in zip(tests, holm([p for *_, p in tests])):
+            result = stats.compare(_arm(row, col, items, shared, acc_columns), _arm(ref_row, col, items, shared,
+                                                                                   acc_columns))
+            if result is None:
+                row.cells[col].untested = True
+                untested += 1
+            else:
+                tests.append((row, col, result.p))
+    for (row, col, _), adj in zip(tests, holm_adjusted := stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
-    legend.append(f"†: differs from the reference row ({', '.join(f'{k}={v}' for k, v in ref.items())}) at p < 0.05, "
-                  f"paired bootstrap over eval items (10,000 resamples, per-item results averaged over seeds), "
-                  f"Holm-corrected across the {len(tests)} tests in this table (cells with per-item results).")
+    where = ", ".join(f"{k}={v}" for k, v in ref.items())
+    legend.append(f"†: differs from the reference row ({where}) at p < {ALPHA} after a Holm correction across the "
+                  f"{len(tests)} tests in this table; each test treats seeds and eval items as random (a Welch t on "
+                  "the difference of means, its variance from the between-seed spread of both rows plus the "
+                  "item-by-row interaction).")
+    if untested:
+        legend.append(f"°: not tested ({untested} cell(s)): this row or the reference has one run, so seed variance "
+                      "was not measured and no difference can be claimed. Run more seeds (seed=0,1,2).")
+
+
+def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict, acc_columns: list[str]) -> dict:
+    """Per column, the minimum detectable effect between two rows with the table's seeds and items."""
+    out = {}
+    arms = [r for r in table_rows if not r.is_base]
+    for col in columns:
+        mats = [_arm(r, col, items, shared, acc_columns) for r in arms]
+        multi = [m for m in mats if m.shape[0] > 1]
+        if not multi:
+            out[col] = "– (one run per row)"
+            continue
+        comps = [stats.components(m) for m in multi]
+        dfs = [c.n_runs - 1 for c in comps]
+        var_runs = sum(c.var_run_means * d for c, d in zip(comps, dfs)) / sum(dfs)
+        n = int(np.median([m.shape[0] for m in multi]))
+        k = multi[0].shape[1]
+        inter = []
+        for m in mats[1:]:
+            cmp_items = mats[0].mean(axis=0) - m.mean(axis=0)
+            noise = sum(c.residual / c.n_runs for c in (stats.components(mats[0]), stats.components(m))
+                        if c.n_runs > 1)
+            inter.append(max(0.0, float(cmp_items.var(ddof=1)) - noise))
+        interaction = float(np.mean(inter)) if inter else 0.0
+        terms = [(2 * var_runs / n, 2 * (n - 1)), (interaction / k, k - 1)]
+        se = math.sqrt(sum(t for t, _ in terms))
+        df = stats._satterthwaite(terms) if se > 0 else math.inf
+        out[col] = f"{stats.detectable_effect(se, min(df, 1e6)):.3f} (n={n}, {k} items)"
+    return out
 
 
 # ---------------------------------------------------------------- rendering
@@ -212,26 +317,41 @@ def _fmt(v: float) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
-def cell_text(c: Cell, bold=("**", "**"), dagger="†") -> str:
+def cell_text(c: Cell, bold=("**", "**"), dagger="†", untested="°") -> str:
     if c.n == 0:
         return "–"
     text = _fmt(c.mean) + (f" ± {c.half:.3f}" if c.half is not None else "")
     text = f"{bold[0]}{text}{bold[1]}" if c.best else text
-    text += f" (n={c.n}{', se' if c.from_stderr else ''}"
+    basis = {"items": ", items only", "runs": ", runs only"}.get(c.basis, "")
+    text += f" (n={c.n}{': ' + c.pooled if c.pooled else ''}{basis}"
     text += f", Δ {c.delta:+.3f})" if c.delta is not None else ")"
-    if c.p is not None and c.p < 0.05:
+    if c.p is not None and c.p < ALPHA:
         text += dagger
+    elif c.untested:
+        text += untested
     return text
+
+
+POWER_LABEL = "min. detectable Δ"
+
+
+def _body(t: Table, bold=("**", "**"), dagger="†") -> list[list[str]]:
+    """Label cells + value cells + cost, per row, then the power row."""
+    out = []
+    for r in t.rows:
+        label = [(f"*{x}*" if x != "" else "") if r.is_base else str(x) + (" (ref)" if r.is_ref and i == 0 else "")
+                 for i, x in enumerate(r.labels)]
+        out.append(label + [cell_text(r.cells[c], bold, dagger) if c in r.cells else "–" for c in t.columns]
+                   + [r.cost])
+    if t.power:
+        out.append([POWER_LABEL] + [""] * (len(t.row_keys) - 1) + [t.power.get(c, "–") for c in t.columns] + [""])
+    return out
 
 
 def to_markdown(t: Table) -> str:
     header = t.row_keys + t.columns + ["cost"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in t.rows:
-        label = [(f"*{x}*" if x != "" else "") if r.is_base else str(x) + (" (ref)" if r.is_ref and i == 0 else "")
-                 for i, x in enumerate(r.labels)]
-        lines.append("| " + " | ".join(label + [cell_text(r.cells[c]) if c in r.cells else "–" for c in t.columns]
-                                        + [r.cost]) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in _body(t)]
     return "\n".join(lines + [""] + [f"- {line}" for line in t.legend]) + "\n"
 
 
@@ -241,27 +361,37 @@ def to_csv(t: Table) -> str:
 
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(t.row_keys + [f"{c}{s}" for c in t.columns for s in ("", "_ci", "_n", "_delta", "_p_holm")] + ["cost"])
+    w.writerow(t.row_keys + [f"{c}{s}" for c in t.columns for s in ("", "_ci", "_n", "_ci_basis", "_delta", "_p_holm")]
+               + ["cost"])
     for r in t.rows:
         vals = []
         for c in t.columns:
             cell = r.cells.get(c, Cell())
-            vals += [cell.mean, cell.half, cell.n, cell.delta, cell.p]
+            vals += [cell.mean, cell.half, cell.n, cell.basis, cell.delta, cell.p]
         w.writerow(list(r.labels) + vals + [r.cost])
     return out.getvalue()
 
 
 def to_latex(t: Table) -> str:
     esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
-    lines = [r"\begin{tabular}{" + "l" * len(t.row_keys) + "r" * len(t.columns) + "r}", r"\toprule",
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{" + "l" * len(t.row_keys) + "r" * len(t.columns) + "r}", r"\toprule",
              " & ".join(esc(x) for x in t.row_keys + t.columns + ["cost"]) + r" \\", r"\midrule"]
-    for r in t.rows:
-        cells = [cell_text(r.cells[c], bold=(r"\textbf{", "}"), dagger=r"$^\dagger$").replace("±", r"$\pm$")
-                 .replace("Δ", r"$\Delta$").replace("–", "--") if c in r.cells else "--" for c in t.columns]
-        lines.append(" & ".join([esc(x) for x in r.labels] + cells + [esc(r.cost)]) + r" \\")
-        if r.is_base:
+    for r, row in zip(t.rows + [None], _body(t, bold=(r"\textbf{", "}"), dagger=r"$^\dagger$")):
+        n = len(t.row_keys)
+        cells = [esc(x.replace("*", "")) for x in row[:n]] + [
+            x.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace("°", r"$^\circ$")
+            .replace("×", r"$\times$") for x in row[n:-1]] + [esc(row[-1])]
+        if r is None:
             lines.append(r"\midrule")
-    lines += [r"\bottomrule", r"\end{tabular}", ""] + [f"% {esc(line)}" for line in t.legend]
+        lines.append(" & ".join(cells) + r" \\")
+        if r is not None and r.is_base:
+            lines.append(r"\midrule")
+    caption = " ".join(esc(x).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("†", r"$^\dagger$")
+                       .replace("°", r"$^\circ$").replace("α", r"$\alpha$").replace("×", r"$\times$")
+                       .replace("–", "--") for x in t.legend)
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}", r"\label{tab:ablation}",
+              r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -270,9 +400,9 @@ def to_html(t: Table) -> str:
 
     head = "".join(f"<th>{html.escape(str(x))}</th>" for x in t.row_keys + t.columns + ["cost"])
     body = []
-    for r in t.rows:
-        cells = [html.escape(str(x)) for x in r.labels] + [
-            cell_text(r.cells[c], bold=("<b>", "</b>")) if c in r.cells else "–" for c in t.columns] + [r.cost]
+    n = len(t.row_keys)
+    for row in _body(t, bold=("<b>", "</b>")):
+        cells = [html.escape(x.replace("*", "")) for x in row[:n]] + row[n:-1] + [html.escape(row[-1])]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     legend = "".join(f"<li>{html.escape(line)}</li>" for line in t.legend)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + f"\n</tbody>\n</table>\n<ul>{legend}</ul>\n"
