@@ -7,6 +7,8 @@ any model or data is loaded.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that composed but cannot be run; the message names the key."""
 
 

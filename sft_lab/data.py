@@ -7,6 +7,8 @@ templates that have an input section (Stanford Alpaca's) can render it.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import hashlib
 import json
 import logging
@@ -30,7 +32,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data; the message names the file and line (or record) or the config key."""
 
 

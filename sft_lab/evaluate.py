@@ -7,6 +7,8 @@ own held-out split, so the run folder shows exactly what was evaluated.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import functools
 import json
 import logging
@@ -36,7 +38,7 @@ metadata: {version: 1.0}
 """
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     pass
 
 

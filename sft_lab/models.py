@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import contextlib
 import fcntl
 import hashlib
@@ -16,7 +18,7 @@ log = logging.getLogger(__name__)
 PKG_SCHEME = "pkg://"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError):
     pass
 
 

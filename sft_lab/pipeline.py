@@ -38,23 +38,30 @@ def run(cfg: DictConfig, group: Optional[str] = None, extra: Optional[dict[str, 
     config = to_container(cfg)
     fp = rec.fingerprint(config)
     run_dir = rec.run_dir_for(cfg.paths.runs_dir, fp)
-    existing = rec.read_record(run_dir)
+    try:
+        existing = rec.read_record(run_dir)
+    except rec.CorruptRecord:
+        if not cfg.force:
+            raise
+        existing = {"status": "corrupt"}
     if existing and existing.get("status") in ("finished", "pruned") and not cfg.force:
         log.info("Already %s: %s (force=true re-runs it)", existing["status"], run_dir / rec.RECORD)
         return existing
 
+    made_here = not run_dir.exists()
     with rec.run_lock(run_dir):
-        if existing and existing.get("status") in ("finished", "pruned"):
-            log.info("force=true: archived the earlier run to %s", rec.archive(run_dir))
+        # force=true: the old results move aside only once the new run's inputs have loaded, and come back
+        # if it fails before its first record, so a bad override never costs a finished run.
+        to_archive = bool(existing) and existing.get("status") in ("finished", "pruned", "corrupt")
         try:
             with _log_to(run_dir / "run.log"):
-                return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval)
+                return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval, to_archive)
         finally:
-            if rec.read_record(run_dir) is None:  # failed on its inputs: leave no half-made folder
+            if made_here and not (run_dir / rec.RECORD).exists():  # failed on its inputs: leave no half-made folder
                 shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[str, Any]:
+def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archive: bool = False) -> dict[str, Any]:
     from sft_lab.data import build_mixture
     from sft_lab.evaluate import write_tasks
     from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
@@ -70,13 +77,28 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
                                 token_budget=cfg.data.tokens)
         heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
                         for ex in mixture.heldout]
-    write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows,
-                render=lambda conv: render_prompt(conv, cfg.template, tokenizer))
-    from sft_lab.evaluate import check_benchmark_files
+        if "heldout" in cfg.eval.tasks and not heldout_rows:
+            from sft_lab.data import DataError
 
-    check_benchmark_files(list(cfg.eval.tasks), run_dir / "tasks")
-    model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
-    device, dtype = pick_device_and_dtype(cfg.model.dtype)
+            raise DataError(f"eval.tasks has 'heldout', but data={cfg.data.name!r} holds no held-out examples "
+                            f"(data.heldout_fraction={cfg.data.heldout_fraction} of "
+                            f"{sum(s.get('records', 0) for s in mixture.sources.values())} records). Raise "
+                            "data.heldout_fraction or drop heldout from eval.tasks.")
+    archived = rec.archive(run_dir) if to_archive else None
+    try:
+        write_tasks(run_dir / "tasks", cfg.paths.data_dir, heldout_rows,
+                    render=lambda conv: render_prompt(conv, cfg.template, tokenizer))
+        from sft_lab.evaluate import check_benchmark_files
+
+        check_benchmark_files(list(cfg.eval.tasks), run_dir / "tasks")
+        model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
+        device, dtype = pick_device_and_dtype(cfg.model.dtype)
+    except BaseException:
+        if archived:
+            rec.restore(run_dir, archived)
+        raise
+    if archived:
+        log.info("force=true: archived the earlier run to %s", archived)
 
     record: dict[str, Any] = {
         "status": "running", "fingerprint": fp, "run_dir": str(run_dir), "config": config,
@@ -94,7 +116,7 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
     tracker = start_tracker(cfg.tracking, record["name"], group, config, run_dir, cfg.paths.runs_dir)
     record["wandb_run_id"] = tracker.run_id
     try:
-        record.update(_train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval))
+        _train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval, record)
         record["status"] = "finished"
         for name, seen in record["train"].get("trained_on", {}).items():
             record["data"]["sources"].setdefault(name, {})["trained_on"] = seen
@@ -118,31 +140,44 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval) -> dict[s
         record["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         record["env"]["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         rec.write_record(run_dir, record)
+        if record["status"] in ("finished", "pruned"):  # the record holds the results now: checkpoints can go
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         tracker.finish(failed=record["status"] == "failed")
 
 
-def _train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval) -> dict[str, Any]:
+def _train_and_evaluate(cfg, model, tokenizer, data, run_dir, tracker, on_eval, record: dict) -> None:
+    """Fills record["train"], then record["eval"] and record["eval_protocol"]; the record is written
+    once training ends, so a failure in evaluation keeps what was trained (a relaunch evaluates it)."""
     from sft_lab.evaluate import evaluate
     from sft_lab.models import add_lora, count_parameters
-    from sft_lab.train import save_trained, train
+    from sft_lab.train import load_trained, save_trained, train, trained_result
 
     # ---- train (the baseline evaluates the base model as it is)
     metrics, saved = {}, None
     if not cfg.baseline:
-        model = add_lora(model, cfg.lora)
-        params = count_parameters(model)
-        log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
-                 f"{params['total']:,}")
-        metrics = train(model, tokenizer, data, cfg.train, cfg.lr, cfg.seed, run_dir, tracker.log, on_eval)
-        metrics["parameters"] = params
-        saved = save_trained(model, tokenizer, run_dir)
+        done = trained_result(run_dir)
+        if done is not None:
+            model, saved = load_trained(model, run_dir)
+            metrics = done
+            log.info("Training finished in an earlier attempt: evaluating %s", saved)
+        else:
+            model = add_lora(model, cfg.lora)
+            params = count_parameters(model)
+            log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
+                     f"{params['total']:,}")
+            metrics = train(model, tokenizer, data, cfg.train, cfg.lr, cfg.seed, run_dir, tracker.log, on_eval)
+            metrics["parameters"] = params
+            saved = save_trained(model, tokenizer, run_dir, metrics)
+    record["train"] = metrics
+    record["artifacts"] = {"weights": str(saved) if saved else None}
+    rec.write_record(run_dir, record)
     # ---- evaluate
     results, protocol = evaluate(model, tokenizer, cfg.eval, run_dir / "tasks", run_dir)
     if metrics.get("heldout_loss") is not None:
         results.setdefault("heldout", {})["loss"] = {"value": metrics["heldout_loss"], "stderr": None}
     tracker.table("eval/results", ["task", "metric", "value", "stderr"],
                   [[t, m, v["value"], v["stderr"]] for t, ms in results.items() for m, v in ms.items()])
-    return {"train": metrics, "eval": results, "eval_protocol": protocol, "artifacts": {"weights": str(saved) if saved else None}}
+    record.update(eval=results, eval_protocol=protocol)
 
 
 def _flat_values(results: dict, field: str = "value") -> dict:

@@ -7,6 +7,8 @@ lands in the same run folder.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import contextlib
 import errno
 import fcntl
@@ -18,7 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
@@ -52,21 +54,27 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / RECORD)
 
 
+class CorruptRecord(UserError):
+    """A record.json that cannot be read; the message names the file and what to do."""
+
+
 def read_record(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
-    with open(path) as fh:
-        return json.load(fh)
-
-
-def iter_records(runs_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    for path in sorted(Path(runs_dir).glob(f"*/{RECORD}")):
+    try:
         with open(path) as fh:
-            yield path.parent, json.load(fh)
+            record = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecord(f"{path} is corrupt ({type(e).__name__}: {e}). Re-run with force=true to move it to "
+                            f"{Path(run_dir) / 'previous'} and run the config again, or restore it from a backup.") from None
+    if not isinstance(record, dict) or "status" not in record:
+        raise CorruptRecord(f"{path} is not a run record (no 'status'). Re-run with force=true to move it aside "
+                            "and run the config again.")
+    return record
 
 
-class RunLocked(RuntimeError):
+class RunLocked(UserError):
     pass
 
 
@@ -91,12 +99,36 @@ def run_lock(run_dir: Path):
 
 def archive(run_dir: Path) -> Path:
     """Move a finished run's results aside (force=true) so nothing finished is overwritten."""
-    target = run_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
-    target.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, i = run_dir / "previous" / stamp, 1
+    while target.exists():
+        target, i = run_dir / "previous" / f"{stamp}-{i}", i + 1
+    target.mkdir(parents=True)
     for item in run_dir.iterdir():
-        if item.name not in ("previous", ".lock"):
+        if item.name == "run.log":  # the new run is already logging to it: keep a copy, start it afresh
+            import shutil
+
+            shutil.copy2(item, target / item.name)
+            item.open("w").close()
+        elif item.name not in ("previous", ".lock"):
             item.rename(target / item.name)
     return target
+
+
+def restore(run_dir: Path, archived: Path) -> None:
+    """Undo `archive`: a forced re-run that failed before it started puts the old results back."""
+    for item in run_dir.iterdir():
+        if item.name not in ("previous", ".lock"):
+            _remove(item)
+    for item in archived.iterdir():
+        item.rename(run_dir / item.name)
+    archived.rmdir()
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def environment(device: str | None = None) -> dict[str, Any]:

@@ -13,11 +13,10 @@ import hydra
 from omegaconf import DictConfig
 
 import sft_lab.config  # noqa: F401  (registers the schemas)
+from sft_lab.errors import UserError
 
 log = logging.getLogger("sft_lab")
 
-# Errors about the user's input: printed as one paragraph, no traceback.
-USER_ERRORS = ("ConfigError", "DataError", "ModelError", "EvalError", "TemplateError", "RunLocked")
 
 
 def multirun_group() -> str | None:
@@ -56,11 +55,9 @@ def main(cfg: DictConfig) -> None:
     share_cores_with_parallel_jobs()
     try:
         record = run(cfg, group=cfg.tracking.group or multirun_group())
-    except Exception as e:
-        if type(e).__name__ in USER_ERRORS:
-            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except UserError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(2)
     log.info("%s: %s", record["status"], record["run_dir"])
 
 

@@ -14,6 +14,10 @@ its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+
+from sft_lab.errors import UserError
+
 import argparse
 import logging
 import math
@@ -35,7 +39,7 @@ HEARTBEAT_S = int(os.environ.get("SFT_LAB_HEARTBEAT_S", 10))
 GRACE_S = int(os.environ.get("SFT_LAB_GRACE_S", 60))
 
 
-class SweepError(ValueError):
+class SweepError(UserError):
     pass
 
 
@@ -168,6 +172,46 @@ def open_storage(url: str):
                           engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
         raise SweepError(f"storage {url!r} cannot be opened: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def storage_lock(url: str):
+    """Serialise schema creation and queueing between processes that start together on one storage:
+    a PostgreSQL advisory lock, or a file lock beside an SQLite database or a journal file."""
+    if url.startswith(("postgresql", "mysql")):
+        import sqlalchemy
+
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        if not url.startswith("postgresql"):
+            yield
+            return
+        try:
+            engine = sqlalchemy.create_engine(url)
+            conn = engine.connect()
+        except Exception as e:
+            raise SweepError(f"storage {url!r} cannot be opened: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
+            conn.close()
+            engine.dispose()
+        return
+    from filelock import FileLock
+
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("journal:"):] if url.startswith(
+        "journal:") else None
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        yield
+
+
+SCHEMA_LOCK_KEY = 0x5F7_1AB  # any constant shared by every sft-lab process
 
 
 def open_study(storage, name: str, spec: SweepSpec):
@@ -364,8 +408,9 @@ def _mark_records(trial, study_name: str, state: str) -> None:
 
 def worker(spec: SweepSpec, storage_url: str, study_name: str, extra: list[str]) -> int:
     """Take queued trials until none is left; returns how many this worker ran."""
-    storage = open_storage(storage_url)
-    study = open_study(storage, study_name, spec)
+    with storage_lock(storage_url):
+        storage = open_storage(storage_url)
+        study = open_study(storage, study_name, spec)
     done = 0
     while (trial := claim_queued_trial(study, spec)) is not None:
         with Heartbeat(storage, trial._trial_id):
@@ -448,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_optuna()
     try:
+        if args.n_trials is not None and args.n_trials < 1:
+            raise SweepError(f"--n-trials must be at least 1, got {args.n_trials}")
         spec = load_spec(args.sweep_file)
         name = args.study_name or spec.study_name
         if args.worker_only:
@@ -461,10 +508,11 @@ def main(argv: list[str] | None = None) -> int:
         storage_url = args.storage or spec.storage or f"sqlite:///{Path(runs_dir).resolve()}/optuna.db"
         if storage_url.startswith("sqlite:///"):
             Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        study = open_study(open_storage(storage_url), name, spec)
-        queued = top_up(study, spec, args.n_trials or spec.n_trials)
+        with storage_lock(storage_url):  # drivers started together queue the missing trials once
+            study = open_study(open_storage(storage_url), name, spec)
+            queued = top_up(study, spec, spec.n_trials if args.n_trials is None else args.n_trials)
         log.info("study %s on %s: %d trials queued", name, storage_url, queued)
-    except SweepError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.workers == 1:

@@ -7,6 +7,8 @@ marker (EOS included), and nothing else.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 IGNORE = -100
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     pass
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import json
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: s
     key = hashlib.sha256(
         f"{mixture.fingerprint}:{fingerprint_template(template, tokenizer)}:{max_length}".encode()
     ).hexdigest()[:16]
-    path = Path(cache_dir) / "tokens" / f"{key}.pkl" if cache_dir else None
+    path = Path(cache_dir) / "tokens" / f"{key}.npz" if cache_dir else None
     cached = _read_cache(path)
     if cached is None:
         from tqdm.auto import tqdm
@@ -88,25 +88,62 @@ def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: s
                          from_cache=cached is not None)
 
 
+CACHE_VERSION = 1
+
+
 def _read_cache(path: Path | None):
+    """(train, dropped, heldout) from an .npz written by _write_cache; anything unreadable or ill-shaped
+    is a miss and gets rebuilt. NumPy arrays only, loaded with allow_pickle=False: no code runs."""
     if not (path and path.is_file()):
         return None
+    import numpy as np
+
     try:
-        with open(path, "rb") as fh:
-            log.info("Tokenised data from cache %s", path)
-            return pickle.load(fh)
-    except Exception as e:  # a corrupt cache entry is rebuilt, never trusted
-        log.warning("Ignoring unreadable token cache %s (%s)", path, e)
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("version") != CACHE_VERSION:
+                raise ValueError(f"cache version {meta.get('version')}")
+            names = [str(n) for n in z["sources"]]
+            splits = [_unpack(z, split, names) for split in ("train", "heldout")]
+        dropped = {str(k): int(v) for k, v in meta["dropped"].items()}
+    except Exception as e:  # a corrupt or foreign cache entry is rebuilt, never trusted
+        log.warning("Ignoring unreadable token cache %s (%s: %s); rebuilding it", path, type(e).__name__, e)
         return None
+    log.info("Tokenised data from cache %s", path)
+    return splits[0], dropped, splits[1]
+
+
+def _unpack(z, split: str, names: list[str]) -> list[dict]:
+    ids, labels, offsets = z[f"{split}_ids"], z[f"{split}_labels"], z[f"{split}_offsets"]
+    source, truncated = z[f"{split}_source"], z[f"{split}_truncated"]
+    n = len(offsets) - 1
+    if not (ids.shape == labels.shape and len(source) == len(truncated) == n and offsets[0] == 0
+            and offsets[-1] == len(ids) and (offsets[1:] >= offsets[:-1]).all() and ids.ndim == 1
+            and ids.dtype.kind == "i" and labels.dtype.kind == "i" and (source < len(names)).all()):
+        raise ValueError(f"{split}: arrays of inconsistent shapes")
+    return [{"input_ids": ids[offsets[i]:offsets[i + 1]].tolist(), "labels": labels[offsets[i]:offsets[i + 1]].tolist(),
+             "source": names[source[i]], "truncated": bool(truncated[i])} for i in range(n)]
 
 
 def _write_cache(path: Path | None, value) -> None:
     if not path:
         return
+    import numpy as np
+
+    train, dropped, heldout = value
+    names = sorted({r["source"] for r in train + heldout} | set(dropped))
+    arrays = {"sources": np.array(names, dtype=str),
+              "meta": np.array(json.dumps({"version": CACHE_VERSION, "dropped": dropped}))}
+    for split, rows in (("train", train), ("heldout", heldout)):
+        lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+        arrays[f"{split}_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        arrays[f"{split}_ids"] = np.array([t for r in rows for t in r["input_ids"]], dtype=np.int64)
+        arrays[f"{split}_labels"] = np.array([t for r in rows for t in r["labels"]], dtype=np.int64)
+        arrays[f"{split}_source"] = np.array([names.index(r["source"]) for r in rows], dtype=np.int32)
+        arrays[f"{split}_truncated"] = np.array([r["truncated"] for r in rows], dtype=bool)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

@@ -11,6 +11,8 @@ disagree on items as they do in real fine-tuning: real runs in seconds for testi
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import random
 
 # Words that SmolLM2's tokenizer keeps as one token after a newline.
@@ -24,7 +26,7 @@ EVAL_ITEMS = 200
 SCHEME = "toy://"
 
 
-class ToyError(ValueError):
+class ToyError(UserError):
     pass
 
 

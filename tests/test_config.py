@@ -10,7 +10,7 @@ def all_presets():
     for group_dir in sorted((ROOT / "conf").iterdir()):
         if group_dir.is_dir() and group_dir.name != "hydra":
             for f in sorted(group_dir.glob("*.yaml")):
-                yield f"{group_dir.name}={f.stem}"
+                yield ("+" if group_dir.name == "experiment" else "") + f"{group_dir.name}={f.stem}"
 
 
 @pytest.mark.parametrize("override", list(all_presets()))

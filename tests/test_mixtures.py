@@ -137,7 +137,7 @@ def test_token_cache_is_reused(tmp_path, data_dir, tokenizer):
     assert not first.from_cache and again.from_cache
     assert again.train == first.train and again.sources == first.sources
     other = tokenise_mixture(mix, cfg.template, tokenizer, 64, str(tmp_path))  # another max_length: its own entry
-    assert not other.from_cache and len(list((tmp_path / "tokens").glob("*.pkl"))) == 2
+    assert not other.from_cache and len(list((tmp_path / "tokens").glob("*.npz"))) == 2
 
 
 @pytest.mark.parametrize("overrides, message", [

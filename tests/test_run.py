@@ -4,7 +4,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, TINY, kill_after_first_checkpoint, run_cli
+
+pytestmark = pytest.mark.e2e
 
 
 def records(runs: Path) -> list[dict]:

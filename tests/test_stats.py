@@ -1,4 +1,4 @@
-"""The table statistics on synthetic data with known answers."""
+"""The table statistics on simulated runs with known answers: seeds × items, seed shifts included."""
 
 import math
 
@@ -6,39 +6,95 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from sft_lab.analysis.stats import holm, paired_bootstrap, t_interval
+from sft_lab.analysis.stats import (compare, components, detectable_effect, holm, interval, paired_bootstrap,
+                                    planned_se, pseudo_values, t_interval)
+
+
+def simulate(rng, n_seeds, difficulty, seed_sd, effect=0.0):
+    """runs × items of 0/1: each run's logit is shifted by its seed (the correlated shift real runs have)."""
+    logit = np.log(difficulty / (1 - difficulty))
+    shift = rng.normal(0, seed_sd, size=(n_seeds, 1)) + effect
+    p = 1 / (1 + np.exp(-(logit[None, :] + shift)))
+    return (rng.random((n_seeds, len(difficulty))) < p).astype(float)
 
 
 def test_t_interval_matches_the_textbook():
     mean, half, n = t_interval([1.0, 2.0, 3.0, 4.0])
     assert (mean, n) == (2.5, 4)
-    assert half == pytest.approx(sps.t.ppf(0.975, 3) * np.std([1, 2, 3, 4], ddof=1) / 2)  # 2.054
+    assert half == pytest.approx(sps.t.ppf(0.975, 3) * np.std([1, 2, 3, 4], ddof=1) / 2)
     assert t_interval([0.7]) == (0.7, None, 1)
 
 
-def test_bootstrap_identical_pair_is_one_and_large_shift_is_zero():
+def test_components_recover_known_variances():
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 2, 300).astype(float)
-    assert paired_bootstrap(a, a) == pytest.approx(1.0)
-    b = np.where(rng.random(300) < 0.9, 1.0, 0.0)  # 90% vs about 50%
-    a = np.where(rng.random(300) < 0.5, 1.0, 0.0)
-    assert paired_bootstrap(a, b) < 0.001
+    n, k = 40, 400
+    y = rng.normal(0, 0.3, (n, 1)) + rng.normal(0, 1.0, (1, k)) + rng.normal(0, 0.5, (n, k))
+    c = components(y)
+    assert c.seed == pytest.approx(0.09, rel=0.5)
+    assert c.item == pytest.approx(1.0, rel=0.2)
+    assert c.residual == pytest.approx(0.25, rel=0.05)
+
+
+def test_interval_covers_the_true_mean_over_new_seeds_and_items():
+    """95% CIs from 4 seeds x 150 items cover the population mean about 95% of the time."""
+    rng = np.random.default_rng(11)
+    covered = 0
+    for _ in range(1500):
+        y = 0.5 + rng.normal(0, 0.03, (4, 1)) + rng.normal(0, 0.2, (1, 150)) + rng.normal(0, 0.3, (4, 150))
+        est = interval(y)
+        covered += abs(est.mean - 0.5) <= est.half
+    assert 0.93 <= covered / 1500 <= 0.97
+
+
+def test_one_run_interval_says_it_covers_items_only():
+    y = np.random.default_rng(2).random((1, 50))
+    est = interval(y)
+    assert not est.seeds_measured and est.half > 0
+    assert compare(y, y) is None  # no test without seed variance
+
+
+def test_aa_with_seed_shifts_new_test_holds_its_level_and_item_only_test_does_not():
+    """Seeds shift every item together: the item-only bootstrap flags far too often, the new test ~5%."""
+    rng = np.random.default_rng(3)
+    difficulty = rng.uniform(0.1, 0.9, 300)
+    new = old = 0
+    draws = 200
+    for i in range(draws):
+        a, b = simulate(rng, 4, difficulty, 0.3), simulate(rng, 4, difficulty, 0.3)
+        new += compare(a, b).p < 0.05
+        old += paired_bootstrap(a.mean(axis=0), b.mean(axis=0), iters=1000, seed=i) < 0.05
+    assert new / draws <= 0.08, new / draws
+    assert old / draws >= 0.2, old / draws
+
+
+def test_real_effect_is_found():
+    rng = np.random.default_rng(4)
+    difficulty = rng.uniform(0.1, 0.9, 300)
+    found = sum(compare(simulate(rng, 4, difficulty, 0.1, effect=0.5), simulate(rng, 4, difficulty, 0.1)).p < 0.05
+                for _ in range(50))
+    assert found >= 45
+
+
+def test_pseudo_values_mean_is_the_ratio():
+    rng = np.random.default_rng(5)
+    bits, nbytes = rng.random((3, 20)) * 10, rng.integers(5, 50, (3, 20)).astype(float)
+    y = pseudo_values(bits, nbytes)
+    assert y.mean(axis=1) == pytest.approx(bits.sum(axis=1) / nbytes.sum(axis=1))
+
+
+def test_detectable_effect_is_found_with_its_power():
+    rng = np.random.default_rng(6)
+    se = planned_se(seed=0.0004, residual=0.2, interaction=0.0, n_seeds=5, n_items=200)
+    effect = detectable_effect(se, df=8)
+    hits = 0
+    for _ in range(400):
+        a = 0.5 + effect + rng.normal(0, 0.02, (5, 1)) + rng.normal(0, math.sqrt(0.2), (5, 200))
+        b = 0.5 + rng.normal(0, 0.02, (5, 1)) + rng.normal(0, math.sqrt(0.2), (5, 200))
+        hits += compare(a, b).p < 0.05
+    assert 0.7 <= hits / 400 <= 0.92
 
 
 def test_holm_order_and_values():
     p = [0.01, 0.04, 0.03, 0.005]
-    # sorted: 0.005 (x4=0.02), 0.01 (x3=0.03), 0.03 (x2=0.06), 0.04 (x1=0.04 -> monotone 0.06)
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert math.isnan(holm([0.01, math.nan])[1]) and holm([0.01, math.nan])[0] == pytest.approx(0.01)
-
-
-def test_aa_identical_configs_are_flagged_at_about_the_nominal_rate():
-    """Two seeds of the same config: items differ by seed noise only, so p < 0.05 about 5% of the time."""
-    rng = np.random.default_rng(1)
-    flagged, draws = 0, 300
-    difficulty = rng.random(200)  # per-item chance of being right, shared by both runs
-    for i in range(draws):
-        a = (rng.random(200) < difficulty).astype(float)
-        b = (rng.random(200) < difficulty).astype(float)
-        flagged += paired_bootstrap(a, b, iters=2000, seed=i) < 0.05
-    assert flagged / draws <= 0.08, flagged / draws

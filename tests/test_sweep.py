@@ -55,6 +55,7 @@ def assert_exact(trials, n: int, runs: Path):
         assert rec["status"] == {"COMPLETE": "finished", "PRUNED": "pruned"}[t.state.name]
 
 
+@pytest.mark.e2e
 def test_sweep_runs_then_resumes_to_the_new_total(tmp_path):
     runs = tmp_path / "runs"
     args = [str(sweep_file(tmp_path)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}"]
@@ -94,6 +95,7 @@ def postgres_url():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["sqlite", "journal", "postgresql"])
 def test_three_workers_share_one_study_exactly(backend, tmp_path, request):
     runs = tmp_path / "runs"
@@ -111,6 +113,7 @@ def test_three_workers_share_one_study_exactly(backend, tmp_path, request):
     assert len(pids) >= 2  # the work really was shared between processes
 
 
+@pytest.mark.e2e
 def test_killed_worker_loses_nothing(tmp_path):
     runs = tmp_path / "runs"
     args = [str(sweep_file(tmp_path, n_trials=2, pruner={"type": "none"})), *SWEEP_OVERRIDES, "train.max_steps=30",
@@ -131,6 +134,7 @@ def test_killed_worker_loses_nothing(tmp_path):
     assert rec["status"] == "finished" and "checkpoint-" in rec["train"]["resumed_from"]  # resumed, not restarted
 
 
+@pytest.mark.e2e
 def test_submitit_local_workers(tmp_path):
     runs = tmp_path / "runs"
     spec = sweep_file(tmp_path, n_trials=3)
@@ -168,3 +172,25 @@ def test_shipped_sweeps_load_and_check(path):
     from sft_lab.sweep import make_pruner, make_sampler
 
     make_sampler(spec), make_pruner(spec)
+
+
+@pytest.mark.e2e
+def test_drivers_started_together_on_a_fresh_postgres_database(postgres_url, tmp_path):
+    """The README's one-per-machine pattern: three sweep processes start at once on an empty database."""
+    import psycopg2
+
+    fresh = f"fresh_{os.getpid()}"
+    conn = psycopg2.connect(postgres_url.replace("postgresql://", "postgresql://", 1))
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {fresh}")
+    conn.close()
+    storage = postgres_url.rsplit("/", 1)[0] + f"/{fresh}"
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sft_lab.sweep", str(sweep_file(tmp_path, n_trials=3)), *SWEEP_OVERRIDES,
+           f"paths.runs_dir={runs}", "--storage", storage, "--study-name", "together"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    assert_exact(study_trials(storage.replace("postgresql://", "postgresql+psycopg2://"), "together"), 3, runs)

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT, TINY, run_cli
 
+pytestmark = pytest.mark.e2e
+
 TABLE = [sys.executable, str(ROOT / "analysis" / "ablation_table.py")]
 
 
@@ -35,10 +37,15 @@ def test_markdown_table_matches_the_records(grid):
     assert out.returncode == 0, out.stderr
     print(out.stdout)
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("| data | lr | arc_easy/acc | heldout/loss | Average | cost |")
+    assert lines[0].startswith("| data | lr | arc_easy/acc | heldout/bits_per_byte | Average | cost |")
     assert lines[2].startswith("| *base model* |")  # the base row comes first
-    body = [l for l in lines[3:] if l.startswith("| ")]
+    body = [l for l in lines[3:] if l.startswith("| ") and not l.startswith("| min. detectable")]
     assert len(body) == 4 and all("(n=2" in l for l in body)
+    assert any(l.startswith("| min. detectable Δ |") for l in lines)  # the power row
+    # held-out items differ between data rows: shown, never bolded, tested or given a Δ
+    heldout = [l.split("|")[4] for l in body]
+    assert not any("**" in c or "†" in c or "Δ" in c for c in heldout)
+    assert any("Not compared" in l and "heldout/bits_per_byte" in l for l in lines)
     # a cell is the mean of its two seeds' records
     recs = [r for r in records(grid) if not r["config"].get("baseline")
             and r["config"]["data"]["name"] == "dolly" and r["config"]["lr"] == 3e-3]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.collect import collect, collect_wandb
+from sft_lab.errors import UserError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
             runs = _pivot_runs(runs, args.cols)
         t = tbl.build(runs, rows, metric=args.metric, ref=_pairs(args.ref, "--ref") or None, base=base,
                       allow_mixed=args.allow_mixed_protocols, seeds=args.seeds, excluded=dict(excluded))
-    except tbl.TableError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.plot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Any
 
 import pandas as pd
 
+from sft_lab.record import CorruptRecord, read_record
 from sft_lab.tracking import flatten
+
+log = logging.getLogger(__name__)
 
 GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
 
@@ -39,7 +43,12 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, Counter]:
     for path in sorted(Path(runs_dir).rglob("record.json")):
         if "previous" in path.parts:  # results a force=true re-run moved aside
             continue
-        record = json.loads(path.read_text())
+        try:
+            record = read_record(path.parent)
+        except CorruptRecord as e:
+            log.warning("skipping %s", e)
+            excluded["corrupt"] += 1
+            continue
         if record.get("status") != "finished":
             excluded[record.get("status", "unknown")] += 1
             continue

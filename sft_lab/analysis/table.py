@@ -8,6 +8,8 @@ protocols are refused unless explicitly allowed.
 
 from __future__ import annotations
 
+from sft_lab.errors import UserError
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fi
 ALPHA = 0.05
 
 
-class TableError(ValueError):
+class TableError(UserError):
     pass
 
 
@@ -236,8 +238,9 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         legend.append("Not compared (no bold, Δ or test): " + ", ".join(differ) + ": its items differ between rows "
                       "(e.g. each run's own held-out split), so the rows are scored on different test sets.")
     if power:
-        legend.append("min. detectable Δ: the smallest true difference from another row that a test here finds with "
-                      "80% power at α=0.05 (two-sided, before Holm), for the seeds per row and the items shown.")
+        legend.append("min. detectable Δ: the smallest true difference between two rows that a test here finds with "
+                      "80% power at α=0.05 (two-sided, before Holm), for rows of the fewest seeds in the table and "
+                      "the items shown; variance components pooled over the rows.")
     if pooled:
         legend.append("Rows pool over: " + ", ".join(pooled[:6]) + ("…" if len(pooled) > 6 else "")
                       + "; those cells' n counts runs over the factors named in the cell (e.g. n=4: seed×lr).")
@@ -294,7 +297,7 @@ def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict
         comps = [stats.components(m) for m in multi]
         dfs = [c.n_runs - 1 for c in comps]
         var_runs = sum(c.var_run_means * d for c, d in zip(comps, dfs)) / sum(dfs)
-        n = int(np.median([m.shape[0] for m in multi]))
+        n = min(m.shape[0] for m in multi)  # the hardest comparison in the table: its two smallest rows
         k = multi[0].shape[1]
         inter = []
         for m in mats[1:]:
@@ -306,7 +309,7 @@ def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict
         terms = [(2 * var_runs / n, 2 * (n - 1)), (interaction / k, k - 1)]
         se = math.sqrt(sum(t for t, _ in terms))
         df = stats._satterthwaite(terms) if se > 0 else math.inf
-        out[col] = f"{stats.detectable_effect(se, min(df, 1e6)):.3f} (n={n}, {k} items)"
+        out[col] = f"{stats.detectable_effect(se, min(df, 1e6)):.3f} (n={n} per row, {k} items)"
     return out
 
 
