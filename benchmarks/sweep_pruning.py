@@ -120,7 +120,7 @@ def main() -> None:
           f"max length {args.max_length}; objective held-out bits per byte ({args.heldout} items)")
     print("| search | trials | pruned | train steps | wall s | best held-out bpb | best config |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in ((f"full grid", g), (f"TPE + {args.pruner} pruning", s)):
+    for name, r in (("full grid", g), (f"TPE + {args.pruner} pruning", s)):
         print(f"| {name} | {r['trials']} | {r['pruned']} | {r['train_steps']} | {r['wall_s']} | {r['best_bpb']} | {r['best']} |")
     print(f"grid best 95% CI [{lo:.4f}, {hi:.4f}]; search best {'within' if within else 'NOT within'} it; "
           f"compute {step_fraction:.0%} of the grid's training steps, {wall_fraction:.0%} of its wall time")

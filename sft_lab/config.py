@@ -7,8 +7,6 @@ any model or data is loaded.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from sft_lab.errors import UserError
 
 
 class ConfigError(UserError):
@@ -289,7 +289,9 @@ def _validate_eval(ev: EvalConfig) -> None:
     known = shipped_task_names() | (user_task_names(ev.include_path) if ev.include_path else set())
     unknown = [t for t in ev.tasks if t not in known]
     if unknown:
-        from sft_lab.evaluate import builtin_task_names  # indexes lm-eval's own tasks (a few seconds)
+        from sft_lab.evaluate import (
+            builtin_task_names,  # indexes lm-eval's own tasks (a few seconds)
+        )
 
         unknown = [t for t in unknown if t not in builtin_task_names()]
     if unknown:

@@ -7,8 +7,6 @@ templates that have an input section (Stanford Alpaca's) can render it.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import hashlib
 import json
 import logging
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sft_lab import toy
+from sft_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,6 @@ own held-out split, so the run folder shows exactly what was evaluated.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import functools
 import json
 import logging
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_lab.config import SHIPPED_TASKS_DIR, shipped_task_names
+from sft_lab.errors import UserError
 from sft_lab.record import jsonable
 
 log = logging.getLogger(__name__)

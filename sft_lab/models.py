@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import contextlib
 import fcntl
 import hashlib
@@ -12,6 +10,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
+
+from sft_lab.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,6 @@ lands in the same run folder.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import contextlib
 import errno
 import fcntl
@@ -21,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from sft_lab.errors import UserError
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")

@@ -14,11 +14,8 @@ its checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-
-from sft_lab.errors import UserError
-
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -32,6 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, OmegaConf
+
+from sft_lab.errors import UserError
 
 log = logging.getLogger("sft_lab.sweep")
 # A dead worker's trial is failed and queued again once its heartbeat is this old (seconds).

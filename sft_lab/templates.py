@@ -7,11 +7,11 @@ marker (EOS included), and nothing else.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import hashlib
 import json
 from dataclasses import dataclass
+
+from sft_lab.errors import UserError
 
 IGNORE = -100
 

@@ -7,8 +7,8 @@ runs of a sweep over learning rates or ranks tokenise once.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

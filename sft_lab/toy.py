@@ -11,9 +11,9 @@ disagree on items as they do in real fine-tuning: real runs in seconds for testi
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import random
+
+from sft_lab.errors import UserError
 
 # Words that SmolLM2's tokenizer keeps as one token after a newline.
 WORDS = ("apple river stone cloud chair horse window forest button castle summer winter orange purple yellow "

@@ -8,8 +8,6 @@ protocols are refused unless explicitly allowed.
 
 from __future__ import annotations
 
-from sft_lab.errors import UserError
-
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ import pandas as pd
 
 from sft_lab.analysis import stats
 from sft_lab.analysis.collect import load_items
+from sft_lab.errors import UserError
 
 LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
 METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
