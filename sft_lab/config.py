@@ -197,8 +197,26 @@ def user_task_names(include_path: str) -> set[str]:
     return names
 
 
+def _check_known_keys(cfg: DictConfig) -> None:
+    """Hydra's `+key=value` adds keys past the schema; refuse them instead of ignoring them."""
+    import dataclasses
+
+    groups = {"": SFTConfig, "model": ModelConfig, "data": DataConfig, "template": TemplateConfig,
+              "lora": LoraConfig, "train": TrainConfig, "eval": EvalConfig, "tracking": TrackingConfig,
+              "paths": PathsConfig}
+    for prefix, schema in groups.items():
+        node = cfg[prefix] if prefix else cfg
+        known = {f.name for f in dataclasses.fields(schema)}
+        unknown = sorted(set(node.keys()) - known)
+        if unknown:
+            where = ", ".join(f"{prefix}.{k}" if prefix else k for k in unknown)
+            raise ConfigError(f"unknown config key(s) {where}: nothing reads them, so they would be ignored. "
+                              f"Known keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(known))}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key."""
+    _check_known_keys(cfg)
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got lr={cfg.lr}")
     if cfg.lora.r < 0:

@@ -55,9 +55,17 @@ class Mixture:
 
 def read_records(path: Path) -> Iterable[tuple[str, dict]]:
     """Yield (location, record) from a .json list or a .jsonl file; bad JSON names file and line."""
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder; give a .json or .jsonl file inside it")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        "re-encode the file as UTF-8") from None
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -130,6 +138,8 @@ def load_source(name: str, src, data_dir: str) -> tuple[list[Example], dict[str,
     """Read one source (file, else Hub) into conversations; returns examples and provenance."""
     records: Iterable[tuple[str, dict]]
     path = Path(src.path) if src.path and Path(src.path).is_absolute() else Path(data_dir) / (src.path or "")
+    if src.path and path.is_dir():
+        raise DataError(f"data.sources.{name}.path: {path} is a folder; give a .json or .jsonl file inside it")
     if src.path and src.path.startswith(toy.SCHEME):
         task = src.path[len(toy.SCHEME):]
         try:

@@ -7,6 +7,7 @@ record and the same W&B run.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -17,7 +18,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 
 from sft_lab import record as rec
-from sft_lab.config import to_container, validate
+from sft_lab.config import ConfigError, to_container, validate
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft asks transformers; not ours to fix
@@ -49,6 +50,14 @@ def run(cfg: DictConfig, group: Optional[str] = None, extra: Optional[dict[str, 
         return existing
 
     made_here = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"paths.runs_dir={cfg.paths.runs_dir!r}: cannot write the run folder {run_dir} "
+                          f"({type(e).__name__}: {e.strerror or e})") from None
     with rec.run_lock(run_dir):
         # force=true: the old results move aside only once the new run's inputs have loaded, and come back
         # if it fails before its first record, so a bad override never costs a finished run.
@@ -77,6 +86,12 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archiv
                                 token_budget=cfg.data.tokens)
         heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
                         for ex in mixture.heldout]
+        if not cfg.baseline and not data.train:
+            from sft_lab.data import DataError
+
+            raise DataError(f"train.max_length={cfg.train.max_length} leaves no answer token in any of the "
+                            f"{len(mixture.train)} training examples (the prompt fills the whole length); raise "
+                            "train.max_length")
         if "heldout" in cfg.eval.tasks and not heldout_rows:
             from sft_lab.data import DataError
 
@@ -131,6 +146,9 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archiv
 
         if isinstance(e, TrainingStopped):
             record.update(status="pruned", train=e.args[0])
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            record.update(status="interrupted", error="interrupted (Ctrl-C)")
             raise
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         raise

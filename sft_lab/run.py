@@ -58,6 +58,10 @@ def main(cfg: DictConfig) -> None:
     except UserError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
+              "run the same command again to resume it", file=sys.stderr)
+        sys.exit(130)
     log.info("%s: %s", record["status"], record["run_dir"])
 
 

@@ -84,6 +84,14 @@ def _quiet_optuna() -> None:
 def load_spec(path: str) -> SweepSpec:
     if not Path(path).is_file():
         raise SweepError(f"sweep file {path} does not exist")
+    import yaml
+
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:  # keep yaml's line and column
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise SweepError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     try:
         spec = OmegaConf.merge(OmegaConf.structured(SweepSpec), OmegaConf.load(path))
     except Exception as e:

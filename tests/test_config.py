@@ -75,3 +75,10 @@ def test_bad_override_exits_nonzero_naming_the_key(tmp_path):
     out = run_cli(["lr=-1", "tracking=none", f"paths.runs_dir={tmp_path}/runs"], cwd=tmp_path)
     assert out.returncode == 2 and "lr must be > 0" in out.stderr
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/record.json"))
+
+
+def test_a_key_added_with_plus_is_refused_not_ignored():
+    with pytest.raises(ConfigError) as e:
+        validate(compose(["+train.num_train_epochs=3"]))
+    assert "train.num_train_epochs" in str(e.value) and "max_steps" in str(e.value)
+    validate(compose(["+data.sources.mine={path:/x.jsonl,weight:0.5}", "data=alpaca_dolly"]))  # a source may be added

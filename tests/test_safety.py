@@ -112,3 +112,91 @@ def test_an_empty_heldout_split_is_an_input_error_before_training(tmp_path):
                   cwd=tmp_path)
     assert out.returncode == 2 and "heldout" in out.stderr and "data.heldout_fraction" in out.stderr
     assert not list(runs.glob("*/record.json"))
+
+
+# ---------------------------------------------------------------- clear errors, not tracebacks
+
+
+def test_non_utf8_data_names_file_and_line(tmp_path):
+    from sft_lab.data import DataError, read_records
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "\xff", "output": "c"}\n')
+    with pytest.raises(DataError, match=rf"{bad}:2: not UTF-8"):
+        list(read_records(bad))
+    with pytest.raises(DataError, match="is a folder"):
+        list(read_records(tmp_path))
+
+
+def test_yaml_special_characters_in_the_data_dir_are_quoted(tmp_path):
+    import yaml
+
+    from sft_lab.evaluate import write_tasks
+
+    odd = tmp_path / "we}ird: {dir} #1"
+    write_tasks(tmp_path / "tasks", str(odd), [{"prompt": "p", "answer": "a"}])
+    task = yaml.safe_load((tmp_path / "tasks" / "arc_easy.yaml").read_text())
+    assert task["dataset_kwargs"]["data_files"]["test"] == str(odd / "eval" / "arc_easy_test.jsonl")
+
+
+def test_sweep_file_errors_keep_line_and_column_and_n_trials_must_be_positive(tmp_path):
+    from sft_lab.sweep import SweepError, load_spec, main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study_name: x\nspace:\n  lr: {type: float, low: 1e-5\n")
+    with pytest.raises(SweepError, match=rf"{bad}:\d+:\d+: not valid YAML"):
+        load_spec(str(bad))
+    good = tmp_path / "good.yaml"
+    good.write_text(json.dumps({"study_name": "x", "space": {"lr": {"type": "float", "low": 1e-5, "high": 1e-3}},
+                                "objective": {"metrics": ["heldout.loss"], "direction": "minimize"}}))
+    for n in ("0", "-3"):
+        assert main([str(good), "--n-trials", n, "--workers", "0"]) == 2
+
+
+def test_an_unwritable_runs_dir_is_named(tmp_path):
+    from sft_lab.config import ConfigError
+    from sft_lab.pipeline import run
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="paths.runs_dir"):
+        run(compose([*TINY, f"paths.runs_dir={blocker}/runs"]))
+
+
+def test_max_length_too_small_for_any_answer_is_named(tmp_path):
+    from sft_lab.data import DataError
+    from sft_lab.pipeline import run
+
+    with pytest.raises(DataError, match="train.max_length=8"):
+        run(compose([*TINY, "train.max_length=8", f"paths.runs_dir={tmp_path}/runs", f"paths.cache_dir={tmp_path}"]))
+    assert not list((tmp_path / "runs").glob("*/record.json"))
+
+
+@pytest.mark.e2e
+def test_ctrl_c_marks_the_run_interrupted_and_a_relaunch_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    runs = tmp_path / "runs"
+    args = [*TINY, "train.max_steps=60", "train.save_steps=5", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
+    proc = subprocess.Popen([sys.executable, "-m", "sft_lab.run", *args], cwd=tmp_path, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("*/checkpoints/checkpoint-*/sft_lab_counts.json")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    (record,) = runs.glob("*/record.json")
+    assert json.loads(record.read_text())["status"] == "interrupted"
+    out = run_cli(args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    done = json.loads(record.read_text())
+    assert done["status"] == "finished" and done["train"]["resumed_from"]
