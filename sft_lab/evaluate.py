@@ -123,6 +123,7 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
         "task_versions": {t: results.get("versions", {}).get(t) for t in metrics},
         "n_shot": {t: results.get("n-shot", {}).get(t) for t in metrics},
         "limit": eval_cfg.limit,
+        "include_path": str(Path(eval_cfg.include_path).resolve()) if eval_cfg.include_path else None,
         "apply_chat_template": eval_cfg.apply_chat_template,
         "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else _version("lm_eval"),
         "task_hashes": results.get("task_hashes", {}),

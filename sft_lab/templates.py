@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sft_lab.errors import UserError
 
 IGNORE = -100
+CHARS_PER_TOKEN_MAX = 32  # no token of a real tokenizer spans more characters than this
 
 
 class TemplateError(UserError):
@@ -109,11 +110,19 @@ def tokenise(conv: list[dict], template, tokenizer, max_length: int) -> Tokenise
     if bos is not None and getattr(tokenizer, "add_bos_token", False):
         ids.append(bos)
         labels.append(IGNORE)
+    chars = max_length * CHARS_PER_TOKEN_MAX  # past this, the tokens would be cut anyway: never tokenise them
+    cut = False
     for text, trained in render_segments(conv, template, tokenizer):
+        if len(text) > chars:
+            text, cut = text[:chars], True
+        chars -= len(text)
         seg = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += seg
         labels += seg if trained else [IGNORE] * len(seg)
-    truncated = len(ids) > max_length
+        if chars <= 0:
+            cut = True
+            break
+    truncated = cut or len(ids) > max_length
     return Tokenised(ids[:max_length], labels[:max_length], truncated)
 
 

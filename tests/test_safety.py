@@ -200,3 +200,16 @@ def test_ctrl_c_marks_the_run_interrupted_and_a_relaunch_resumes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     done = json.loads(record.read_text())
     assert done["status"] == "finished" and done["train"]["resumed_from"]
+
+
+def test_a_huge_record_is_cut_before_tokenising(tokenizer):
+    import time
+
+    from sft_lab.templates import tokenise
+
+    conv = [{"role": "user", "content": "Summarise."}, {"role": "assistant", "content": "word " * 10_000_000}]
+    start = time.perf_counter()
+    t = tokenise(conv, compose().template, tokenizer, 128)
+    assert time.perf_counter() - start < 5 and t.truncated and len(t.input_ids) == 128
+    short = tokenise(conv[:1] + [{"role": "assistant", "content": "ok"}], compose().template, tokenizer, 128)
+    assert not short.truncated

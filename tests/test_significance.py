@@ -120,3 +120,17 @@ def test_a_users_own_task_folder_flows_into_record_and_table(tmp_path, data_dir)
     out = table(runs, "--rows", "data")
     assert out.returncode == 0, out.stderr  # the base model is evaluated with the user's folder too
     assert "my_arc/acc" in out.stdout and "*base model*" in out.stdout
+
+
+def test_power_planner_answers_from_the_pilot_runs(toy_runs):
+    out = subprocess.run([sys.executable, str(ROOT / "analysis" / "plan.py"), str(toy_runs), "--metric",
+                          "toy_first/acc", "--effect", "0.05"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["pilot"]["configs"] == 2 and result["pilot"]["runs"] == AA_SEEDS + 3
+    assert result["pilot"]["seed"] > 0 and result["pilot"]["residual"] > 0
+    fewest = [v if v is not None else 10**6 for v in result["fewest_seeds"].values()]  # by item count, ascending
+    assert fewest == sorted(fewest, reverse=True)  # more items never need more seeds
+    bad = subprocess.run([sys.executable, str(ROOT / "analysis" / "plan.py"), str(toy_runs), "--metric", "nope/acc",
+                          "--effect", "0.05"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "toy_first/acc" in bad.stderr
