@@ -32,7 +32,7 @@ def main() -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(effects.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else effects.to_string(index=False))
+    print(effects.to_markdown(index=False, floatfmt=".4f"))
     if args.study:
         import optuna
 
@@ -40,15 +40,6 @@ def main() -> int:
         for k, v in optuna.importance.get_param_importances(study).items():
             print(f"importance {k}: {v:.3f}")
     return 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

@@ -319,10 +319,6 @@ def _validate_eval(ev: EvalConfig) -> None:
         )
 
 
-def default_data_dir() -> str:
-    return os.environ.get("SFT_LAB_DATA_DIR", str(Path.cwd() / "data"))
-
-
 def default_cache_dir() -> str:
     if "SFT_LAB_CACHE_DIR" in os.environ:
         return os.environ["SFT_LAB_CACHE_DIR"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -38,17 +36,6 @@ def resolve_pkg_path(name_or_path: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def gguf_to_hf_folder(gguf_path: Path, cache_dir: str) -> Path:
     """Dequantize a GGUF file once into an HF folder under cache_dir; later calls reuse it."""
     stat = gguf_path.stat()
@@ -56,7 +43,10 @@ def gguf_to_hf_folder(gguf_path: Path, cache_dir: str) -> Path:
     target = Path(cache_dir) / "models" / f"{gguf_path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    with _file_lock(target.with_suffix(".lock")):  # parallel jobs convert once
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_suffix(".lock")):  # parallel jobs convert once
         if (target / "config.json").is_file():
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,8 +8,6 @@ lands in the same run folder.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -81,20 +79,18 @@ class RunLocked(UserError):
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """An exclusive lock on the run folder for as long as a process runs it; the OS drops it on death."""
+    from filelock import FileLock, Timeout
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(run_dir / ".lock", "a+")
+    lock = FileLock(run_dir / ".lock")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        fh.close()
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise RunLocked(f"{run_dir} is being run by another live process") from None
-        raise
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunLocked(f"{run_dir} is being run by another live process") from None
     try:
         yield
     finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        lock.release()
 
 
 def archive(run_dir: Path) -> Path:

@@ -99,3 +99,11 @@ def test_main_effects(grid):
 def test_unknown_row_key_is_named(grid):
     out = table(grid, "--rows", "dataset", "--no-base")
     assert out.returncode == 2 and "dataset" in out.stderr
+
+
+def test_pooled_factors_show_in_every_cell(grid):
+    out = table(grid, "--rows", "data", "--no-base")
+    assert out.returncode == 0, out.stderr
+    body = [l for l in out.stdout.splitlines() if l.startswith(("| alpaca", "| dolly"))]
+    assert len(body) == 2 and all("(n=4: seed×lr" in l for l in body)
+    assert "Rows pool over: lr" in out.stdout

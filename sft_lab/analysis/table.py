@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -271,7 +271,7 @@ def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str]
                 untested += 1
             else:
                 tests.append((row, col, result.p))
-    for (row, col, _), adj in zip(tests, holm_adjusted := stats.holm([p for *_, p in tests])):
+    for (row, col, _), adj in zip(tests, stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
     where = ", ".join(f"{k}={v}" for k, v in ref.items())
     legend.append(f"†: differs from the reference row ({where}) at p < {ALPHA} after a Holm correction across the "
