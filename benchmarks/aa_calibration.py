@@ -42,7 +42,7 @@ def main() -> int:
                  f"lr={args.lr}", f"train.max_steps={args.steps}", "eval.tasks=[arc_easy,piqa,heldout]",
                  f"eval.limit={args.limit}", "tracking=none", f"paths.runs_dir={args.runs_dir}"]
     out = subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     if out.returncode != 0:
         return out.returncode
     df, _ = collect(args.runs_dir)
