@@ -214,7 +214,7 @@ def storage_lock(url: str):
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
+    with FileLock(f"{path}.sft-lab-lock"):  # not `.lock`: Optuna's journal backend locks that name itself
         yield
 
 
