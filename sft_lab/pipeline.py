@@ -64,13 +64,15 @@ def run(cfg: DictConfig, group: Optional[str] = None, extra: Optional[dict[str, 
         to_archive = bool(existing) and existing.get("status") in ("finished", "pruned", "corrupt")
         try:
             with _log_to(run_dir / "run.log"):
-                return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval, to_archive)
+                earlier = None if to_archive or not existing else existing  # a failed or killed attempt
+                return _run_locked(cfg, config, fp, run_dir, group, extra or {}, on_eval, to_archive, earlier)
         finally:
             if made_here and not (run_dir / rec.RECORD).exists():  # failed on its inputs: leave no half-made folder
                 shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archive: bool = False) -> dict[str, Any]:
+def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archive: bool = False,
+                earlier: Optional[dict] = None) -> dict[str, Any]:
     from sft_lab.data import build_mixture
     from sft_lab.evaluate import write_tasks
     from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
@@ -123,7 +125,8 @@ def _run_locked(cfg, config, fp, run_dir: Path, group, extra, on_eval, to_archiv
             "train_examples": len(data.train), "heldout_examples": len(data.heldout),
             "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
         "env": rec.environment(f"{device} ({str(dtype).replace('torch.', '')})"),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
+        "started": (earlier or {}).get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "attempts": int((earlier or {}).get("attempts", 1 if earlier else 0)) + 1, **extra,
     }
     rec.write_record(run_dir, record)
     from sft_lab.tracking import start_tracker

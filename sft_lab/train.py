@@ -35,6 +35,12 @@ class Counts:
     def __init__(self):
         self.sources: dict[str, dict[str, int]] = {}
         self.padded_tokens = 0
+        self.earlier_wall_s = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
+        self.started = time.perf_counter()
+
+    @property
+    def wall_s(self) -> float:
+        return self.earlier_wall_s + time.perf_counter() - self.started
 
     def add(self, counts: dict) -> None:
         for source, c in counts["sources"].items():
@@ -50,7 +56,8 @@ class Counts:
     def save(self, folder: Path) -> None:
         # Written last and atomically: its presence marks the checkpoint complete.
         tmp = folder / (self.FILE + ".tmp")
-        tmp.write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens}))
+        tmp.write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens,
+                                   "wall_s": self.wall_s}))
         os.replace(tmp, folder / self.FILE)
 
     def load(self, folder: Path) -> None:
@@ -58,6 +65,7 @@ class Counts:
         if path.is_file():
             saved = json.loads(path.read_text())
             self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
+            self.earlier_wall_s = float(saved.get("wall_s", 0.0))
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
@@ -98,7 +106,38 @@ def _trainer_class():
                 self.counts.add(counts)
             return super().compute_loss(model, inputs, *args, **kwargs)
 
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler).__name__ == "LengthGroupedSampler":
+                return EpochSeededLengthSampler(sampler, self.args.data_seed or self.args.seed)
+            return sampler
+
     return CountingTrainer
+
+
+class EpochSeededLengthSampler:
+    """Length-grouped batches whose order depends only on (seed, epoch).
+
+    transformers' LengthGroupedSampler draws from the global RNG, whose state a resumed run restores
+    at the checkpoint, not at the epoch's start: resuming in a later epoch then sees other batches.
+    """
+
+    def __init__(self, inner, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = inner.lengths, inner.batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
 def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list,
@@ -180,12 +219,12 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     if resume:
         log.info("Resuming from checkpoint %s", resume)
         counts.load(Path(resume))
-    start = time.perf_counter()
+    counts.started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - start
+    wall = counts.wall_s  # this attempt plus the earlier ones, up to the checkpoint resumed from
     stopped = getattr(trainer.state, "stopped_by_caller", False)
 
-    periodic = [{"step": h["step"], "loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    periodic = [{"step": h["step"], "loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]
     heldout_loss = None
     if data.heldout and not stopped:
         if periodic and periodic[-1]["step"] == trainer.state.global_step and not train_cfg.get("eval_examples"):
@@ -193,7 +232,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         else:
             heldout_loss = trainer.evaluate(eval_dataset=data.heldout)["eval_loss"]
             log_metrics({"eval/heldout_loss": heldout_loss}, trainer.state.global_step)
-    losses = [h["loss"] for h in history if "loss" in h]
+    logged = [h for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps the earlier steps' logs
+    losses = [h["loss"] for h in logged]
     tokens_seen = int(trainer.state.num_input_tokens_seen)
     metrics = {
         "steps": trainer.state.global_step,
@@ -203,12 +243,12 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "heldout_loss": heldout_loss,
         "tokens_seen": tokens_seen,
         "wall_s": round(wall, 2),
-        "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 and not resume else None,
+        "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
         "padded_tokens": counts.padded_tokens,
         "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
         "trained_on": counts.sources,
         "resumed_from": resume,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }
     if stopped:

@@ -213,3 +213,30 @@ def test_a_huge_record_is_cut_before_tokenising(tokenizer):
     assert time.perf_counter() - start < 5 and t.truncated and len(t.input_ids) == 128
     short = tokenise(conv[:1] + [{"role": "assistant", "content": "ok"}], compose().template, tokenizer, 128)
     assert not short.truncated
+
+
+@pytest.mark.e2e
+def test_a_resumed_run_sees_the_same_batches_and_keeps_its_history(tmp_path):
+    """Killed at a checkpoint in the second epoch (64 examples, batch 4: 16 steps an epoch), then resumed."""
+    import os
+
+    from conftest import ROOT, kill_after_first_checkpoint
+
+    args = [*TINY, "train.max_steps=40", "train.save_steps=20", "eval.tasks=[heldout]"]
+    assert run_cli([*args, f"paths.runs_dir={tmp_path}/whole"], cwd=tmp_path).returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kill_after_first_checkpoint("sft_lab.run", [*args, f"paths.runs_dir={tmp_path}/cut"], tmp_path / "cut", tmp_path, env)
+    (cut,) = (tmp_path / "cut").glob("*/record.json")
+    started = json.loads(cut.read_text())["started"]
+    out = run_cli([*args, f"paths.runs_dir={tmp_path}/cut"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    whole = json.loads(next((tmp_path / "whole").glob("*/record.json")).read_text())
+    resumed = json.loads(cut.read_text())
+    assert resumed["train"]["resumed_from"].endswith("checkpoint-20")
+    assert resumed["train"]["tokens_seen"] == whole["train"]["tokens_seen"]
+    a, b = whole["train"]["loss_curve"], resumed["train"]["loss_curve"]
+    assert [x["step"] for x in b] == [x["step"] for x in a] == list(range(1, 41))
+    assert [x["loss"] for x in b] == pytest.approx([x["loss"] for x in a], abs=1e-4)
+    assert resumed["train"]["first_loss"] == pytest.approx(whole["train"]["first_loss"], abs=1e-4)
+    assert resumed["started"] == started and resumed["attempts"] == 2
+    assert resumed["train"]["tokens_per_s"] and resumed["train"]["wall_s"] >= 0.5 * whole["train"]["wall_s"]
