@@ -107,3 +107,11 @@ def test_pooled_factors_show_in_every_cell(grid):
     body = [l for l in out.stdout.splitlines() if l.startswith(("| alpaca", "| dolly"))]
     assert len(body) == 2 and all("(n=4: seed×lr" in l for l in body)
     assert "Rows pool over: lr" in out.stdout
+
+
+def test_heatmap_with_one_row_key_is_a_clear_error_and_latex_is_a_float(grid, tmp_path):
+    out = table(grid, "--rows", "data", "--plot", "heatmap", "--out", tmp_path / "h.png", "--no-base")
+    assert out.returncode == 2 and "exactly two --rows keys" in out.stderr and "Traceback" not in out.stderr
+    out = table(grid, "--rows", "data", "--format", "latex", "--no-base")
+    assert out.returncode == 0, out.stderr
+    assert r"\begin{table}" in out.stdout and r"\caption{" in out.stdout and "% " not in out.stdout

@@ -125,8 +125,12 @@ def main(argv=None) -> int:
 
         out = args.out or f"{args.plot}.png"
         column = "Average" if "Average" in t.columns else t.columns[0]
-        {"heatmap": lambda: plots.heatmap(t, column, out), "bars": lambda: plots.bars(t, column, out),
-         "scatter": lambda: plots.learning_vs_forgetting(runs, out)}[args.plot]()
+        try:
+            {"heatmap": lambda: plots.heatmap(t, column, out), "bars": lambda: plots.bars(t, column, out),
+             "scatter": lambda: plots.learning_vs_forgetting(runs, out)}[args.plot]()
+        except ValueError as e:
+            print(f"error: --plot {args.plot}: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {out}", file=sys.stderr)
         return 0
     text = tbl.RENDERERS[args.format](t)

@@ -203,7 +203,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     if has_base:
         table_rows.append(make_row(("base model",) + ("",) * (len(rows) - 1), base, is_base=True))
     for labels, group in runs.groupby(rows, dropna=False, sort=True):
-        labels = labels if isinstance(labels, tuple) else (labels,)
+        labels = tuple(_label(x) for x in (labels if isinstance(labels, tuple) else (labels,)))
         row = make_row(labels, group)
         row.is_ref = bool(ref) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
         table_rows.append(row)
@@ -246,6 +246,11 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     if excluded:
         legend.append("Excluded: " + ", ".join(f"{n} {s}" for s, n in sorted(excluded.items())) + " run(s).")
     return Table(list(rows), all_columns, table_rows, legend, power)
+
+
+def _label(x):
+    """A factor level as a reader wants it: lr=0.00018316240381848904 shows as 0.000183."""
+    return format(x, ".3g") if isinstance(x, float) else x
 
 
 def _arm(row: Row, col: str, items: Items, shared: dict, acc_columns: list[str]) -> np.ndarray:
