@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_lab.errors import UserError
+from sft_lab.files import atomic_write
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
@@ -42,14 +43,8 @@ def run_dir_for(runs_dir: str | Path, fp: str) -> Path:
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = {**record, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = run_dir / f".{RECORD}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=False, default=jsonable)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run_dir / RECORD)
+    atomic_write(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=False, default=jsonable))
 
 
 class CorruptRecord(UserError):

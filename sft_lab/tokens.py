@@ -7,13 +7,14 @@ runs of a sweep over learning rates or ranks tokenise once.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sft_lab.files import atomic_write
 from sft_lab.templates import IGNORE, fingerprint_template, tokenise
 
 log = logging.getLogger(__name__)
@@ -141,10 +142,9 @@ def _write_cache(path: Path | None, value) -> None:
         arrays[f"{split}_labels"] = np.array([t for r in rows for t in r["labels"]], dtype=np.int64)
         arrays[f"{split}_source"] = np.array([names.index(r["source"]) for r in rows], dtype=np.int32)
         arrays[f"{split}_truncated"] = np.array([r["truncated"] for r in rows], dtype=bool)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 class Collator:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from sft_lab.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,8 @@ class Counts:
 
     def save(self, folder: Path) -> None:
         # Written last and atomically: its presence marks the checkpoint complete.
-        tmp = folder / (self.FILE + ".tmp")
-        tmp.write_text(json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens,
-                                   "wall_s": self.wall_s}))
-        os.replace(tmp, folder / self.FILE)
+        atomic_write(folder / self.FILE, json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens,
+                                                     "wall_s": self.wall_s}))
 
     def load(self, folder: Path) -> None:
         path = folder / self.FILE
@@ -265,9 +264,7 @@ def save_trained(model, tokenizer, run_dir: Path, metrics: dict) -> Path:
     out = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    tmp = out / (TRAINED + ".tmp")
-    tmp.write_text(json.dumps(metrics, default=float))
-    os.replace(tmp, out / TRAINED)
+    atomic_write(out / TRAINED, json.dumps(metrics, default=float))
     return out
 
 
