@@ -51,7 +51,7 @@ def main() -> int:
         df = df[df[key] == value]
     dirs = df.sort_values("seed")["run_dir"].tolist()[: args.seeds]
     columns = ["arc_easy/acc", "piqa/acc", "heldout/bits_per_byte"]
-    items = Items(columns)
+    items = Items()
     result = {"model": "SmolLM2-135M-Instruct", "lora_r": 8, "steps": args.steps, "lr": args.lr, "seeds": len(dirs)}
     for col in columns:
         keys = items.shared_keys(dirs, col)

@@ -52,7 +52,7 @@ def test_aa_identical_configs_are_flagged_at_most_7_percent(toy_runs):
     df, _ = collect(toy_runs)
     dirs = df[df["data"] == "toy_first"].sort_values("seed")["run_dir"].tolist()
     columns = ["toy_first/acc", "heldout/bits_per_byte"]
-    items = Items(columns)
+    items = Items()
     report = {}
     for col in columns:
         keys = items.shared_keys(dirs, col)

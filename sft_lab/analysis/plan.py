@@ -37,7 +37,7 @@ def estimate(df: pd.DataFrame, metric: str, seeds: str = "seed") -> Pilot:
     keys = [c for c in runs.columns if not c.startswith(NOT_FACTORS) and not c.startswith(("eval/", "stderr/"))
             and c != seeds and runs[c].map(str).nunique() > 1]
     groups = [g for _, g in runs.groupby(keys, dropna=False)] if keys else [runs]
-    items = Items([metric])
+    items = Items()
     mats = []
     for g in groups:
         dirs = [d for d in g["run_dir"].tolist() if d]
@@ -74,7 +74,7 @@ def power(pilot: Pilot, effect: float, n_seeds: int, n_items: int, alpha: float 
     se = math.sqrt(sum(t for t, _ in terms))
     if se == 0:
         return 1.0
-    df = min(stats._satterthwaite(terms), 1e6)
+    df = min(stats.satterthwaite(terms), 1e6)
     crit = sps.t.ppf(1 - alpha / 2, df)
     nc = abs(effect) / se
     value = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)

@@ -74,7 +74,7 @@ def components(y: np.ndarray) -> Components:
                       float(item_means.var(ddof=1)) if k > 1 else 0.0, residual)
 
 
-def _satterthwaite(terms: list[tuple[float, float]]) -> float:
+def satterthwaite(terms: list[tuple[float, float]]) -> float:
     """Degrees of freedom of a sum of variance terms [(term, its df)]."""
     total = sum(t for t, _ in terms)
     denom = sum(t * t / df for t, df in terms if df > 0 and t > 0)
@@ -100,7 +100,7 @@ def interval(y: np.ndarray, confidence: float = 0.95) -> Estimate:
     else:
         terms = [(c.var_item_means / c.n_items, c.n_items - 1)]
     var = sum(t for t, _ in terms)
-    df = _satterthwaite(terms)
+    df = satterthwaite(terms)
     half = float(stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(var)) if var > 0 else 0.0
     return Estimate(float(y.mean()), half, df, c.n_runs > 1)
 
@@ -131,7 +131,7 @@ def compare(a: np.ndarray, b: np.ndarray) -> Optional[Comparison]:
     diff = float(a.mean() - b.mean())
     if var <= 0:
         return Comparison(diff, 0.0, math.inf, 1.0 if diff == 0 else 0.0)
-    df = _satterthwaite(terms)
+    df = satterthwaite(terms)
     se = math.sqrt(var)
     return Comparison(diff, se, df, float(2 * stats.t.sf(abs(diff) / se, df)))
 

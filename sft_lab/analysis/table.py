@@ -105,8 +105,7 @@ def pooled_factors(df: pd.DataFrame, rows: list[str], seeds: str) -> list[str]:
 class Items:
     """Per-item results of every run, per column, as runs × items matrices."""
 
-    def __init__(self, columns: list[str]):
-        self.columns = columns
+    def __init__(self):
         self.cache: dict[tuple[str, str], dict] = {}
 
     def of(self, run_dir: str, column: str) -> dict:
@@ -131,12 +130,10 @@ class Items:
 
     def average(self, run_dirs: list[str], columns: list[str], keys: dict[str, list]) -> np.ndarray:
         """runs × items whose row mean is the mean of the columns' means (each task weighs the same)."""
-        parts, total = [], sum(len(keys[c]) for c in columns)
-        for c in columns:
-            m = self.matrix(run_dirs, c, keys[c])
-            parts.append((m - m.mean()) * total / (len(columns) * m.shape[1]))
-        grand = np.mean([self.matrix(run_dirs, c, keys[c]).mean() for c in columns])
-        return np.concatenate(parts, axis=1) + grand
+        mats = [self.matrix(run_dirs, c, keys[c]) for c in columns]
+        total = sum(m.shape[1] for m in mats)
+        parts = [(m - m.mean()) * total / (len(mats) * m.shape[1]) for m in mats]
+        return np.concatenate(parts, axis=1) + np.mean([m.mean() for m in mats])
 
 
 def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: Optional[dict[str, str]] = None,
@@ -161,7 +158,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
                              + ". Filter them apart (--filter) or pass --allow-mixed-protocols.")
         legend.append("WARNING: mixed eval protocols (" + "; ".join(diffs) + ").")
 
-    items = Items(columns)
+    items = Items()
     all_dirs = [d for d in runs["run_dir"].tolist() if d]
     base_dirs = [d for d in base["run_dir"].tolist() if d] if has_base else []
     shared = {c: items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c) for c in columns}
@@ -170,7 +167,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     average_ok = bool(acc_columns) and all(shared[c] for c in acc_columns)
     pooled = pooled_factors(runs, rows, seeds)
 
-    def make_cell(group: pd.DataFrame, col: str, is_base: bool) -> Cell:
+    def make_cell(group: pd.DataFrame, col: str) -> Cell:
         dirs = [d for d in group["run_dir"].tolist() if d]
         keys = shared.get(col) if col != "Average" else None
         if col == "Average":
@@ -190,7 +187,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
 
     def make_row(labels, group: pd.DataFrame, is_base=False) -> Row:
         cols = columns + (["Average"] if acc_columns else [])
-        cells = {col: make_cell(group, col, is_base) for col in cols}
+        cells = {col: make_cell(group, col) for col in cols}
         varying = [k for k in pooled if k in group and group[k].nunique(dropna=False) > 1]
         if not is_base and varying:
             for c in cells.values():
@@ -312,7 +309,7 @@ def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict
         interaction = float(np.mean(inter)) if inter else 0.0
         terms = [(2 * var_runs / n, 2 * (n - 1)), (interaction / k, k - 1)]
         se = math.sqrt(sum(t for t, _ in terms))
-        df = stats._satterthwaite(terms) if se > 0 else math.inf
+        df = stats.satterthwaite(terms) if se > 0 else math.inf
         out[col] = f"{stats.detectable_effect(se, min(df, 1e6)):.3f} (n={n} per row, {k} items)"
     return out
 
