@@ -36,7 +36,8 @@ def main() -> None:
     from lm_eval.tasks import TaskManager
 
     from sft_lab.config import compose
-    from sft_lab.evaluate import evaluate, write_tasks
+    from sft_lab.evaluate import evaluate
+    from sft_lab.tasks import write_tasks
     from sft_lab.models import add_lora, load_model, load_tokenizer, local_path
 
     tasks = args.tasks.split(",")

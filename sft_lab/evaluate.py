@@ -1,98 +1,19 @@
 """lm-eval on the trained model in memory -> metrics, per-item results and the eval protocol.
 
-The shipped task YAMLs (sft_lab/tasks/) point at the benchmark files in paths.data_dir; they are
-written, with that path filled in, into <run>/tasks/ next to the held-out task built from the run's
-own held-out split, so the run folder shows exactly what was evaluated.
+The tasks come from the run's task folder, written by `sft_lab.tasks.write_tasks`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-from sft_lab.config import SHIPPED_TASKS_DIR, shipped_task_names
-from sft_lab.errors import UserError
 from sft_lab.record import jsonable
+from sft_lab.tasks import shipped_task_names
 
 log = logging.getLogger(__name__)
-
-HELDOUT_YAML = """task: heldout
-dataset_path: json
-dataset_kwargs: {data_files: {test: %s}}
-test_split: test
-output_type: loglikelihood
-doc_to_text: "{{prompt}}"
-doc_to_target: "{{answer}}"
-target_delimiter: ""
-process_results: !function heldout_utils.process_results
-metric_list:
-  - {metric: bits_per_byte, aggregation: bits_per_byte, higher_is_better: false}
-  - {metric: acc, aggregation: mean, higher_is_better: true}
-metadata: {version: 1.0}
-"""
-
-
-class EvalError(UserError):
-    pass
-
-
-@functools.lru_cache(maxsize=1)
-def builtin_task_names() -> frozenset[str]:
-    from lm_eval.tasks import TaskManager
-
-    return frozenset(TaskManager().all_tasks)
-
-
-def write_tasks(tasks_dir: Path, data_dir: str, heldout_rows: list[dict[str, str]], render=None) -> None:
-    """Shipped task YAMLs with the data path filled in, the held-out task, and the toy tasks' items.
-
-    `render(conversation) -> (prompt, answer)` is the run's template, so toy prompts read as trained.
-    """
-    tasks_dir.mkdir(parents=True, exist_ok=True)
-    dirs = {"__DATA_DIR__": Path(data_dir).resolve(), "__TASKS_DIR__": tasks_dir.resolve()}
-
-    def fill(match: re.Match) -> str:  # a JSON string is a YAML scalar, whatever the path holds
-        return json.dumps(str(dirs[match.group(1)]) + match.group(2))
-
-    for src in SHIPPED_TASKS_DIR.glob("*.yaml"):
-        (tasks_dir / src.name).write_text(re.sub(r"(__DATA_DIR__|__TASKS_DIR__)([^\s,}]*)", fill, src.read_text()))
-    shutil.copy(SHIPPED_TASKS_DIR / "heldout_utils.py", tasks_dir / "heldout_utils.py")
-    _write_jsonl(tasks_dir / "heldout.jsonl", heldout_rows)
-    (tasks_dir / "heldout.yaml").write_text(HELDOUT_YAML % json.dumps(str((tasks_dir / "heldout.jsonl").resolve())))
-    if render is not None:
-        from sft_lab import toy
-
-        for task in toy.TASKS:
-            rows = []
-            for item in toy.eval_items(task):
-                prompt, answer = render(item["conversation"])
-                lead = answer[: len(answer) - len(answer.lstrip())]  # the prompt's whitespace, moved onto answers
-                rows.append({"prompt": prompt, "choices": [lead + c for c in item["choices"]], "label": item["label"]})
-            _write_jsonl(tasks_dir / f"toy_{task}.jsonl", rows)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def check_benchmark_files(tasks: list[str], tasks_dir: Path) -> None:
-    import yaml
-
-    for task in tasks:
-        path = tasks_dir / f"{task}.yaml"
-        if task == "heldout" or not path.is_file():
-            continue
-        data_file = yaml.safe_load(path.read_text())["dataset_kwargs"]["data_files"]["test"]
-        if not Path(data_file).is_file():
-            raise EvalError(f"eval.tasks: task {task!r} needs {data_file}, which does not exist (set paths.data_dir)")
-
 
 def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tuple[dict, dict]:
     """Returns (metrics: task -> metric -> {value, stderr}, protocol)."""
@@ -103,7 +24,6 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
     tasks = list(eval_cfg.tasks)
     if tasks == []:
         return {}, {"tasks": []}
-    check_benchmark_files(tasks, tasks_dir)
     include = [str(tasks_dir)] + ([str(Path(eval_cfg.include_path).resolve())] if eval_cfg.include_path else [])
     ours = shipped_task_names()
     needs_builtin = any(t not in ours for t in tasks) and not eval_cfg.include_path
@@ -129,6 +49,31 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
         "task_hashes": results.get("task_hashes", {}),
     }
     return metrics, protocol
+
+
+def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> float:
+    """Mean cross-entropy per answer token over the tokenised held-out examples (as trained: same
+    template, same mask), in batches of similar length."""
+    import torch
+
+    from sft_lab.templates import IGNORE
+    from sft_lab.tokens import Collator
+
+    collate = Collator(pad_token_id)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = collate([examples[i] for i in order[start:start + batch_size]])
+            ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
+            target = labels[:, 1:]
+            keep = target != IGNORE
+            total += torch.nn.functional.cross_entropy(logits[keep].float(), target[keep], reduction="sum").item()
+            tokens += int(keep.sum())
+    return total / tokens if tokens else float("nan")
 
 
 def _version(package: str) -> str:

@@ -1,8 +1,9 @@
 """The run record (record.json): the contract between a run and everything after it.
 
-Written atomically (temp file, fsync, rename) so a crash never leaves half a file. The fingerprint
-hashes the parts of the config that change what is trained or measured, so the same config always
-lands in the same run folder.
+`RunRecord` is its one typed form, versioned; the pipeline, the sweep and the tables read and write
+it only through `read_record` / `write_record`. Written atomically (temp file, fsync, rename) so a
+crash never leaves half a file. The fingerprint hashes the parts of the config that change what is
+trained or measured, so the same config always lands in the same run folder.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import platform
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sft_lab.errors import UserError
 from sft_lab.files import atomic_write
@@ -42,29 +44,87 @@ def run_dir_for(runs_dir: str | Path, fp: str) -> Path:
     return Path(runs_dir) / fp[:16]
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    record = {**record, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=False, default=jsonable))
+STATUSES = ("running", "finished", "pruned", "failed", "interrupted")
+VERSION = 2  # 1: the untyped record (same keys, no "version"); read as is
 
 
 class CorruptRecord(UserError):
     """A record.json that cannot be read; the message names the file and what to do."""
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
+@dataclass
+class RunRecord:
+    """What one run was and what it measured. Every section is plain JSON; `config` is the resolved config."""
+
+    status: str
+    fingerprint: str
+    run_dir: str
+    config: dict[str, Any]
+    name: str = ""
+    group: Optional[str] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+    updated: Optional[str] = None
+    attempts: int = 1
+    data: dict[str, Any] = field(default_factory=dict)  # mixture, sources, token counts
+    env: dict[str, Any] = field(default_factory=dict)  # git, packages, device, peak memory
+    train: Optional[dict[str, Any]] = None  # loss curve, tokens, wall time; None for the base model
+    artifacts: dict[str, Any] = field(default_factory=dict)  # saved weights
+    eval: Optional[dict[str, dict[str, dict[str, Optional[float]]]]] = None  # task -> metric -> {value, stderr}
+    eval_protocol: Optional[dict[str, Any]] = None
+    sweep: Optional[dict[str, Any]] = None  # {study, trial, state} for a sweep's runs
+    wandb_run_id: Optional[str] = None
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    version: int = VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were
+
+    @property
+    def done(self) -> bool:
+        """Finished or pruned: its results are final, and a relaunch skips it."""
+        return self.status in ("finished", "pruned")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {"version": d.pop("version"), **d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: Path | str = RECORD) -> "RunRecord":
+        if not isinstance(d, dict) or "status" not in d:
+            raise CorruptRecord(f"{path} is not a run record (no 'status'). Re-run with force=true to move it "
+                                "aside and run the config again.")
+        version = d.get("version", 1)
+        if not isinstance(version, int) or version > VERSION:
+            raise CorruptRecord(f"{path} is record version {version!r}; this sft-lab reads up to {VERSION}. "
+                                "Update sft-lab to read it.")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [k for k in ("fingerprint", "run_dir", "config") if k not in d]
+        if missing or d["status"] not in STATUSES:
+            what = f"lacks {', '.join(missing)}" if missing else f"has status {d['status']!r}"
+            raise CorruptRecord(f"{path} {what}, so it is not a run record sft-lab wrote. Re-run with force=true "
+                                "to move it aside and run the config again.")
+        return cls(**{k: v for k, v in d.items() if k in known and k != "version"}, version=VERSION,
+                   extra={k: v for k, v in d.items() if k not in known})
+
+
+def write_record(run_dir: Path, record: RunRecord) -> None:
+    """Atomically: a reader sees the old record or the new one, never half of one."""
+    record.updated = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write(Path(run_dir) / RECORD, json.dumps(record.to_dict(), indent=2, default=jsonable))
+
+
+def read_record(run_dir: Path) -> Optional[RunRecord]:
+    """The run folder's record; None when there is none; CorruptRecord (naming the file) when unreadable."""
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
     try:
         with open(path) as fh:
-            record = json.load(fh)
+            raw = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptRecord(f"{path} is corrupt ({type(e).__name__}: {e}). Re-run with force=true to move it to "
                             f"{Path(run_dir) / 'previous'} and run the config again, or restore it from a backup.") from None
-    if not isinstance(record, dict) or "status" not in record:
-        raise CorruptRecord(f"{path} is not a run record (no 'status'). Re-run with force=true to move it aside "
-                            "and run the config again.")
-    return record
+    return RunRecord.from_dict(raw, path)
 
 
 class RunLocked(UserError):

@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
         print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
               "run the same command again to resume it", file=sys.stderr)
         sys.exit(130)
-    log.info("%s: %s", record["status"], record["run_dir"])
+    log.info("%s: %s", record.status, record.run_dir)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,8 +21,10 @@ from sft_lab.files import atomic_write
 log = logging.getLogger(__name__)
 
 
-class TrainingStopped(Exception):
-    """Raised when on_eval asks to stop (a pruned trial)."""
+@dataclass
+class Trained:
+    metrics: dict[str, Any]
+    pruned: bool = False  # on_eval asked to stop (a pruned sweep trial)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -168,7 +171,8 @@ def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callab
 
 def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path,
           log_metrics: Callable[[dict, int], None] = lambda m, s: None,
-          on_eval: Optional[Callable[[float, int], bool]] = None) -> dict[str, Any]:
+          on_eval: Optional[Callable[[float, int], bool]] = None) -> Trained:
+    """Train to train_cfg.max_steps (resuming from the last complete checkpoint), or until on_eval says stop."""
     import torch
     from transformers import TrainingArguments
 
@@ -224,13 +228,6 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     stopped = getattr(trainer.state, "stopped_by_caller", False)
 
     periodic = [{"step": h["step"], "loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]
-    heldout_loss = None
-    if data.heldout and not stopped:
-        if periodic and periodic[-1]["step"] == trainer.state.global_step and not train_cfg.get("eval_examples"):
-            heldout_loss = periodic[-1]["loss"]  # the periodic evaluation just ran on the whole split
-        else:
-            heldout_loss = trainer.evaluate(eval_dataset=data.heldout)["eval_loss"]
-            log_metrics({"eval/heldout_loss": heldout_loss}, trainer.state.global_step)
     logged = [h for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps the earlier steps' logs
     losses = [h["loss"] for h in logged]
     tokens_seen = int(trainer.state.num_input_tokens_seen)
@@ -239,7 +236,6 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "mean_loss": output.training_loss,
-        "heldout_loss": heldout_loss,
         "tokens_seen": tokens_seen,
         "wall_s": round(wall, 2),
         "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
@@ -250,9 +246,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }
-    if stopped:
-        raise TrainingStopped(metrics)
-    return metrics
+    return Trained(metrics, pruned=stopped)
 
 
 TRAINED = "train_result.json"

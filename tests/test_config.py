@@ -1,8 +1,8 @@
 import pytest
+from conftest import ROOT, compose, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import ROOT, compose, run_cli
 from sft_lab.config import ConfigError, validate
 
 
@@ -38,7 +38,8 @@ def test_typo_in_a_preset_file_fails_at_compose(tmp_path):
 
     shutil.copytree(ROOT / "conf", conf)
     (conf / "lora" / "typo.yaml").write_text("r: 8\nalpah: 16\n")
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
@@ -82,3 +83,17 @@ def test_a_key_added_with_plus_is_refused_not_ignored():
         validate(compose(["+train.num_train_epochs=3"]))
     assert "train.num_train_epochs" in str(e.value) and "max_steps" in str(e.value)
     validate(compose(["+data.sources.mine={path:/x.jsonl,weight:0.5}", "data=alpaca_dolly"]))  # a source may be added
+
+
+def test_defaults_live_only_in_the_schemas():
+    """conf/ picks presets; the default of every key is written once, in sft_lab/config.py."""
+    import yaml
+
+    from sft_lab.config import CONF_DIR
+
+    for name in ("train/default.yaml", "eval/default.yaml"):
+        assert yaml.safe_load((CONF_DIR / name).read_text()) is None, f"conf/{name} restates schema defaults"
+    top = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    assert set(top) == {"defaults", "hydra"}, f"conf/config.yaml sets {set(top) - {'defaults', 'hydra'}}"
+    cfg = compose([])
+    assert (cfg.lr, cfg.seed, cfg.train.max_steps, cfg.eval.limit, cfg.paths.runs_dir) == (2e-4, 0, 50, 200, "runs")

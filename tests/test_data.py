@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from conftest import compose
+
 from sft_lab.data import DataError, build_mixture, load_source, prompt_key
 
 

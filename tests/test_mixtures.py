@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import compose
+
 from sft_lab.config import ConfigError, validate
 from sft_lab.data import DataError, build_mixture, prompt_key
 from sft_lab.tokens import tokenise_mixture

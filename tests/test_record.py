@@ -2,10 +2,19 @@ import json
 import multiprocessing as mp
 
 import pytest
-
 from conftest import compose
+
 from sft_lab.config import to_container
-from sft_lab.record import RunLocked, fingerprint, read_record, run_lock, write_record
+from sft_lab.record import (
+    VERSION,
+    CorruptRecord,
+    RunLocked,
+    RunRecord,
+    fingerprint,
+    read_record,
+    run_lock,
+    write_record,
+)
 
 
 def fp(overrides):
@@ -22,13 +31,36 @@ def test_fingerprint_is_stable_and_tracks_what_is_trained():
         assert fp(same) == base, same
 
 
-def test_record_round_trip_is_atomic(tmp_path):
-    record = {"status": "finished", "eval": {"arc_easy": {"acc": {"value": 0.5, "stderr": 0.1}}}}
+def test_record_round_trip_is_atomic_and_versioned(tmp_path):
+    record = RunRecord(status="finished", fingerprint="ab", run_dir=str(tmp_path), config={"seed": 0},
+                       eval={"arc_easy": {"acc": {"value": 0.5, "stderr": 0.1}}})
     write_record(tmp_path, record)
     back = read_record(tmp_path)
-    assert back["status"] == "finished" and back["eval"] == record["eval"]
+    assert back.status == "finished" and back.eval == record.eval and back.done
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]  # no temp file left behind
-    json.loads((tmp_path / "record.json").read_text())
+    on_disk = json.loads((tmp_path / "record.json").read_text())
+    assert on_disk["version"] == VERSION and on_disk["eval"] == record.eval
+
+
+def test_records_of_the_untyped_version_are_read_and_unknown_keys_kept(tmp_path):
+    old = {"status": "finished", "fingerprint": "ab", "run_dir": str(tmp_path), "config": {}, "note": "mine"}
+    (tmp_path / "record.json").write_text(json.dumps(old))
+    back = read_record(tmp_path)
+    assert back.version == VERSION and back.extra == {"note": "mine"}
+    write_record(tmp_path, back)
+    assert json.loads((tmp_path / "record.json").read_text())["note"] == "mine"  # nothing lost on rewrite
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"status": "finished", "version": VERSION + 1, "fingerprint": "a", "run_dir": "x", "config": {}}, "version"),
+    ({"status": "done", "fingerprint": "a", "run_dir": "x", "config": {}}, "status 'done'"),
+    ({"status": "finished", "config": {}}, "lacks fingerprint, run_dir"),
+])
+def test_records_sft_lab_cannot_read_are_named(tmp_path, bad, says):
+    (tmp_path / "record.json").write_text(json.dumps(bad))
+    with pytest.raises(CorruptRecord, match=says) as e:
+        read_record(tmp_path)
+    assert str(tmp_path / "record.json") in str(e.value)
 
 
 def _hold_lock(path, ready, release):

@@ -5,12 +5,11 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import TINY, compose, run_cli
 
 from sft_lab.analysis.collect import collect
 from sft_lab.data import build_mixture
-from sft_lab.record import CorruptRecord, read_record, write_record
+from sft_lab.record import CorruptRecord, RunRecord, read_record, write_record
 from sft_lab.tokens import tokenise_mixture
 
 
@@ -42,7 +41,8 @@ def test_a_crafted_token_cache_runs_no_code_and_is_rebuilt(tmp_path, data_dir, t
 
 def test_a_corrupt_record_is_named_and_skipped_by_tables(tmp_path):
     good = tmp_path / "a"
-    write_record(good, {"status": "finished", "config": {"seed": 0}, "eval": {"t": {"acc": {"value": 1.0}}}})
+    write_record(good, RunRecord(status="finished", fingerprint="a", run_dir=str(good), config={"seed": 0},
+                                 eval={"t": {"acc": {"value": 1.0, "stderr": None}}}))
     bad = tmp_path / "b"
     bad.mkdir()
     (bad / "record.json").write_text('{"status": "fini')
@@ -131,7 +131,7 @@ def test_non_utf8_data_names_file_and_line(tmp_path):
 def test_yaml_special_characters_in_the_data_dir_are_quoted(tmp_path):
     import yaml
 
-    from sft_lab.evaluate import write_tasks
+    from sft_lab.tasks import write_tasks
 
     odd = tmp_path / "we}ird: {dir} #1"
     write_tasks(tmp_path / "tasks", str(odd), [{"prompt": "p", "answer": "a"}])
@@ -140,7 +140,8 @@ def test_yaml_special_characters_in_the_data_dir_are_quoted(tmp_path):
 
 
 def test_sweep_file_errors_keep_line_and_column_and_n_trials_must_be_positive(tmp_path):
-    from sft_lab.sweep import SweepError, load_spec, main
+    from sft_lab.sweep.cli import main
+    from sft_lab.sweep.spec import SweepError, load_spec
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("study_name: x\nspace:\n  lr: {type: float, low: 1e-5\n")

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 from sft_lab.analysis.calibration import aa_rates

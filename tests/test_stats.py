@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from sft_lab.analysis.stats import (compare, components, detectable_effect, holm, interval, paired_bootstrap,
-                                    planned_se, pseudo_values, t_interval)
+from sft_lab.analysis.stats import (
+    compare,
+    components,
+    detectable_effect,
+    holm,
+    interval,
+    paired_bootstrap,
+    planned_se,
+    pooled,
+    pseudo_values,
+    t_interval,
+)
 
 
 def simulate(rng, n_seeds, difficulty, seed_sd, effect=0.0):
@@ -33,6 +43,20 @@ def test_components_recover_known_variances():
     assert c.seed == pytest.approx(0.09, rel=0.5)
     assert c.item == pytest.approx(1.0, rel=0.2)
     assert c.residual == pytest.approx(0.25, rel=0.05)
+
+
+def test_pooled_components_recover_seed_noise_and_arm_by_item_interaction():
+    rng = np.random.default_rng(1)
+    n, k = 20, 400
+    items = rng.normal(0, 1.0, (1, k))
+    arms = [items + rng.normal(0, 0.2, (1, k)) + rng.normal(0, 0.3, (n, 1)) + rng.normal(0, 0.5, (n, k))
+            for _ in range(3)]
+    p = pooled(arms)
+    assert p.seed == pytest.approx(0.09, rel=0.5)
+    assert p.residual == pytest.approx(0.25, rel=0.05)
+    # two arms' item effects differ by N(0, 0.2²) each: Var(difference) = 2 × 0.04
+    assert p.interaction == pytest.approx(0.08, rel=0.3)
+    assert pooled([a[:1] for a in arms]) is None  # one run per arm: nothing to pool
 
 
 def test_interval_covers_the_true_mean_over_new_seeds_and_items():

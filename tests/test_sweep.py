@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY, kill_after_first_checkpoint, run_cli
-from sft_lab.sweep import check, load_spec
+
+from sft_lab.sweep.spec import check, load_spec
 
 SWEEP_OVERRIDES = [a for a in TINY if not a.startswith(("train.max_steps", "eval.tasks", "train.logging_steps"))] + [
     "train.max_steps=8", "train.logging_steps=4", "eval.tasks=[heldout]"]
@@ -169,7 +169,7 @@ def test_shipped_sweeps_load_and_check(path):
     spec = load_spec(str(path))
     assert path.read_text().startswith(f"# python -m sft_lab.sweep sweeps/{path.name}")
     check(spec, [])
-    from sft_lab.sweep import make_pruner, make_sampler
+    from sft_lab.sweep.spec import make_pruner, make_sampler
 
     make_sampler(spec), make_pruner(spec)
 

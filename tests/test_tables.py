@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import compose
+
 from sft_lab.templates import IGNORE, render_segments, tokenise
 
 CONV = [{"role": "user", "content": "Name a primary colour.", "input": "Answer in one word."},

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from sft_lab.record import CorruptRecord, read_record
+from sft_lab.record import CorruptRecord, RunRecord, read_record
 from sft_lab.tracking import flatten
 
 log = logging.getLogger(__name__)
@@ -19,21 +19,21 @@ log = logging.getLogger(__name__)
 GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
 
 
-def record_row(record: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    config = record.get("config", {})
+def record_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
+    config = record.config
     row = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(config).items()}
     for group in GROUPS:  # `data` means the data preset's name, as on the command line
         if isinstance(config.get(group), dict):
             row[group] = config[group].get("name")
     row["baseline"] = bool(config.get("baseline", False))
-    for task, metrics in (record.get("eval") or {}).items():
+    for task, metrics in (record.eval or {}).items():
         for metric, v in metrics.items():
             row[f"eval/{task}/{metric}"] = v.get("value")
             row[f"stderr/{task}/{metric}"] = v.get("stderr")
-    train = record.get("train") or {}
+    train = record.train or {}
     row.update({"train.tokens_seen": train.get("tokens_seen"), "train.wall_s": train.get("wall_s"),
-                "status": record.get("status"), "run_dir": run_dir, "fingerprint": record.get("fingerprint"),
-                "protocol": json.dumps(record.get("eval_protocol") or {}, sort_keys=True)})
+                "status": record.status, "run_dir": run_dir, "fingerprint": record.fingerprint,
+                "protocol": json.dumps(record.eval_protocol or {}, sort_keys=True)})
     return row
 
 
@@ -49,8 +49,8 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, Counter]:
             log.warning("skipping %s", e)
             excluded["corrupt"] += 1
             continue
-        if record.get("status") != "finished":
-            excluded[record.get("status", "unknown")] += 1
+        if record.status != "finished":
+            excluded[record.status] += 1
             continue
         rows.append(record_row(record, str(path.parent)))
     return pd.DataFrame(rows), excluded

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from sft_lab.analysis import stats
@@ -44,23 +43,12 @@ def estimate(df: pd.DataFrame, metric: str, seeds: str = "seed") -> Pilot:
         shared = items.shared_keys(dirs, metric)
         if shared:
             mats.append(items.matrix(dirs, metric, shared))
-    multi = [m for m in mats if m.shape[0] > 1]
-    if not multi:
+    pool = stats.pooled(mats)
+    if pool is None:
         raise ValueError(f"{metric}: no config has two or more seeds with per-item results; "
                          "run a pilot with seed=0,1,2 (or more) first")
-    comps = [stats.components(m) for m in multi]
-    dfs = [c.n_runs - 1 for c in comps]
-    seed = sum(c.seed * d for c, d in zip(comps, dfs)) / sum(dfs)
-    residual = sum(c.residual * d for c, d in zip(comps, dfs)) / sum(dfs)
-    inter = []
-    for i in range(len(mats)):
-        for j in range(i + 1, len(mats)):
-            if mats[i].shape[1] == mats[j].shape[1]:
-                d = mats[i].mean(axis=0) - mats[j].mean(axis=0)
-                noise = sum(stats.components(m).residual / m.shape[0] for m in (mats[i], mats[j]) if m.shape[0] > 1)
-                inter.append(max(0.0, float(d.var(ddof=1)) - noise))
-    return Pilot(metric, len(mats), sum(m.shape[0] for m in mats), multi[0].shape[1], seed, residual,
-                 float(np.mean(inter)) if inter else 0.0)
+    return Pilot(metric, len(mats), sum(m.shape[0] for m in mats), pool.n_items, pool.seed, pool.residual,
+                 pool.interaction)
 
 
 def power(pilot: Pilot, effect: float, n_seeds: int, n_items: int, alpha: float = 0.05) -> float:

@@ -74,6 +74,39 @@ def components(y: np.ndarray) -> Components:
                       float(item_means.var(ddof=1)) if k > 1 else 0.0, residual)
 
 
+@dataclass
+class Pooled:
+    """Variance components pooled over several arms (each runs × items): what a power calculation needs."""
+
+    seed: float  # seed variance, df-weighted over the arms with two or more runs
+    residual: float  # seed × item noise
+    var_run_means: float
+    interaction: float  # item × arm: how much arms differ item by item beyond noise
+    n_items: int
+
+
+def pooled(mats: list[np.ndarray]) -> Optional[Pooled]:
+    """Pool the arms' components; None when no arm has two runs. The interaction is averaged over
+    pairs of arms on the same items, less the seed × item noise each pair's item means carry."""
+    multi = [components(m) for m in mats if m.shape[0] > 1]
+    if not multi:
+        return None
+    dfs = [c.n_runs - 1 for c in multi]
+
+    def pool(values):
+        return sum(v * d for v, d in zip(values, dfs)) / sum(dfs)
+
+    inter = []
+    for i in range(len(mats)):
+        for j in range(i + 1, len(mats)):
+            if mats[i].shape[1] == mats[j].shape[1]:
+                d = mats[i].mean(axis=0) - mats[j].mean(axis=0)
+                noise = sum(components(m).residual / m.shape[0] for m in (mats[i], mats[j]) if m.shape[0] > 1)
+                inter.append(max(0.0, float(d.var(ddof=1)) - noise))
+    return Pooled(pool(c.seed for c in multi), pool(c.residual for c in multi),
+                  pool(c.var_run_means for c in multi), float(np.mean(inter)) if inter else 0.0, multi[0].n_items)
+
+
 def satterthwaite(terms: list[tuple[float, float]]) -> float:
     """Degrees of freedom of a sum of variance terms [(term, its df)]."""
     total = sum(t for t, _ in terms)

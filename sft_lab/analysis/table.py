@@ -295,18 +295,10 @@ def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict
         if not multi:
             out[col] = "– (one run per row)"
             continue
-        comps = [stats.components(m) for m in multi]
-        dfs = [c.n_runs - 1 for c in comps]
-        var_runs = sum(c.var_run_means * d for c, d in zip(comps, dfs)) / sum(dfs)
+        pool = stats.pooled(mats)
         n = min(m.shape[0] for m in multi)  # the hardest comparison in the table: its two smallest rows
-        k = multi[0].shape[1]
-        inter = []
-        for m in mats[1:]:
-            cmp_items = mats[0].mean(axis=0) - m.mean(axis=0)
-            noise = sum(c.residual / c.n_runs for c in (stats.components(mats[0]), stats.components(m))
-                        if c.n_runs > 1)
-            inter.append(max(0.0, float(cmp_items.var(ddof=1)) - noise))
-        interaction = float(np.mean(inter)) if inter else 0.0
+        k = pool.n_items
+        var_runs, interaction = pool.var_run_means, pool.interaction
         terms = [(2 * var_runs / n, 2 * (n - 1)), (interaction / k, k - 1)]
         se = math.sqrt(sum(t for t, _ in terms))
         df = stats.satterthwaite(terms) if se > 0 else math.inf

@@ -1,0 +1,211 @@
+"""The phases of one run: setup -> start -> train -> evaluate -> finish.
+
+Each phase owns its part of the record. `setup` loads every input in memory and writes nothing, so a
+bad input fails before the run folder changes; `start` writes the task folder and the first record;
+`train` fills record.train; `evaluate` fills record.eval (held-out loss included) and its protocol;
+`finish` sets the final status. The pipeline (skip, lock, archive) calls them in this order.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from sft_lab import record as rec
+from sft_lab.record import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """A readable name from the usual ablation factors."""
+    if config.get("baseline"):
+        return f"{config['model']['name']}-base"
+    lora = f"r{config['lora']['r']}" if config["lora"]["r"] else "full"
+    return f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora}-lr{config['lr']:g}-s{config['seed']}"
+
+
+@dataclass
+class Inputs:
+    """Everything a run needs, loaded and checked."""
+
+    tokenizer: Any
+    model: Any
+    device: str
+    dtype: Any
+    mixture: Any = None  # None for a base-model run that needs no data
+    data: Any = None  # the tokenised mixture
+    heldout_rows: Optional[list[dict[str, str]]] = None  # rendered (prompt, answer) for the held-out task
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(cfg) -> Inputs:
+    """Load and check the data, template, tasks and model; any bad input fails here, before a record exists."""
+    from sft_lab.data import DataError, build_mixture
+    from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
+    from sft_lab.tasks import check_benchmark_files
+    from sft_lab.templates import render_prompt
+    from sft_lab.tokens import tokenise_mixture
+
+    check_benchmark_files(list(cfg.eval.tasks), cfg.paths.data_dir)
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    mixture = data = None
+    heldout_rows: list[dict[str, str]] = []
+    if not cfg.baseline or "heldout" in cfg.eval.tasks:
+        mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
+        data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
+                                token_budget=cfg.data.tokens)
+        heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
+                        for ex in mixture.heldout]
+        if not cfg.baseline and not data.train:
+            raise DataError(f"train.max_length={cfg.train.max_length} leaves no answer token in any of the "
+                            f"{len(mixture.train)} training examples (the prompt fills the whole length); raise "
+                            "train.max_length")
+        if "heldout" in cfg.eval.tasks and not heldout_rows:
+            raise DataError(f"eval.tasks has 'heldout', but data={cfg.data.name!r} holds no held-out examples "
+                            f"(data.heldout_fraction={cfg.data.heldout_fraction} of "
+                            f"{sum(s.get('records', 0) for s in mixture.sources.values())} records). Raise "
+                            "data.heldout_fraction or drop heldout from eval.tasks.")
+    model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
+    device, dtype = pick_device_and_dtype(cfg.model.dtype)
+    return Inputs(tokenizer, model, device, dtype, mixture, data, heldout_rows)
+
+
+# ---------------------------------------------------------------- start
+
+
+def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Optional[str],
+          sweep: Optional[dict], earlier: Optional[RunRecord]) -> RunRecord:
+    """The task folder and the first record (status running); an earlier failed attempt is counted."""
+    from sft_lab.tasks import write_tasks
+    from sft_lab.templates import render_prompt
+
+    write_tasks(run_dir / "tasks", cfg.paths.data_dir, inputs.heldout_rows or [],
+                render=lambda conv: render_prompt(conv, cfg.template, inputs.tokenizer))
+    mixture, data = inputs.mixture, inputs.data
+    record = RunRecord(
+        status="running", fingerprint=fp, run_dir=str(run_dir), config=config, name=run_name(config), group=group,
+        data={} if data is None else {
+            "fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
+            "train_examples": len(data.train), "heldout_examples": len(data.heldout),
+            "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
+        env=rec.environment(f"{inputs.device} ({str(inputs.dtype).replace('torch.', '')})"),
+        started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep,
+    )
+    rec.write_record(run_dir, record)
+    return record
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, log_metrics: Callable,
+          on_eval: Optional[Callable[[float, int], bool]]) -> tuple[Any, bool]:
+    """Fills record.train and record.artifacts; returns (the model to evaluate, pruned).
+
+    The base model is evaluated as it is. Weights saved by an earlier attempt are loaded, not retrained.
+    """
+    from sft_lab.models import add_lora, count_parameters
+    from sft_lab.train import load_trained, save_trained, train, trained_result
+
+    model = inputs.model
+    if cfg.baseline:
+        return model, False
+    done = trained_result(run_dir)
+    if done is not None:
+        model, saved = load_trained(model, run_dir)
+        record.train, record.artifacts = done, {"weights": str(saved)}
+        log.info("Training finished in an earlier attempt: evaluating %s", saved)
+        return model, False
+    model = add_lora(model, cfg.lora)
+    params = count_parameters(model)
+    log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
+             f"{params['total']:,}")
+    result = train(model, inputs.tokenizer, inputs.data, cfg.train, cfg.lr, cfg.seed, run_dir, log_metrics, on_eval)
+    record.train = {**result.metrics, "parameters": params}
+    for name, seen in result.metrics.get("trained_on", {}).items():
+        record.data.setdefault("sources", {}).setdefault(name, {})["trained_on"] = seen
+    if not result.pruned:
+        record.artifacts = {"weights": str(save_trained(model, inputs.tokenizer, run_dir, record.train))}
+    rec.write_record(run_dir, record)  # a failure in evaluation keeps what was trained
+    return model, result.pruned
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> None:
+    """lm-eval on the run's tasks, plus the mean token loss on the held-out answers; fills record.eval."""
+    from sft_lab.evaluate import evaluate, heldout_loss
+
+    results, protocol = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir)
+    if "heldout" in cfg.eval.tasks and inputs.data is not None and inputs.data.heldout:
+        loss = heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id, cfg.eval.batch_size)
+        results.setdefault("heldout", {})["loss"] = {"value": loss, "stderr": None}
+    record.eval, record.eval_protocol = results, protocol
+
+
+# ---------------------------------------------------------------- finish
+
+
+def finish(run_dir: Path, record: RunRecord, status: str, error: Optional[BaseException] = None) -> None:
+    """The final status, end time and peak memory; checkpoints go once the results are final."""
+    record.status = status
+    if isinstance(error, KeyboardInterrupt):
+        record.error = "interrupted (Ctrl-C)"
+    elif error is not None:
+        record.error = f"{type(error).__name__}: {error}"
+        record.traceback = "".join(traceback.format_exception(error))
+    record.ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record.env["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    rec.write_record(run_dir, record)
+    if record.done:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
+            on_eval: Optional[Callable[[float, int], bool]] = None) -> RunRecord:
+    """train -> evaluate -> finish, with the status a crash, a kill or a pruner leaves."""
+    status, error = "failed", None
+    try:
+        model, pruned = train(cfg, inputs, run_dir, record, tracker.log, on_eval)
+        if pruned:
+            status = "pruned"
+            return record
+        evaluate(cfg, model, inputs, run_dir, record)
+        tracker.table("eval/results", ["task", "metric", "value", "stderr"],
+                      [[t, m, v["value"], v["stderr"]] for t, ms in record.eval.items() for m, v in ms.items()])
+        tracker.summary(_summary(record))
+        status = "finished"
+        log.info("Finished: %s", run_dir / rec.RECORD)
+        return record
+    except KeyboardInterrupt as e:
+        status, error = "interrupted", e
+        raise
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        finish(run_dir, record, status, error)
+        tracker.finish(failed=status == "failed")
+
+
+def _summary(record: RunRecord) -> dict:
+    def flat(field: str) -> dict:
+        return {t: {m: v[field] for m, v in ms.items() if v[field] is not None} for t, ms in record.eval.items()}
+
+    def scalars(d: dict) -> dict:
+        return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    return {"eval": flat("value"), "eval_stderr": flat("stderr"), "train": scalars(record.train or {}),
+            "data": {"sources": {n: scalars(s) for n, s in record.data.get("sources", {}).items()},
+                     "train_examples": record.data.get("train_examples")}}

@@ -1,0 +1,5 @@
+import sys
+
+from sft_lab.sweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,111 @@
+"""`python -m sft_lab.sweep`: create or resume the study, queue the missing trials, start the workers, summarise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from sft_lab.errors import UserError
+from sft_lab.sweep import __doc__ as sweep_doc
+from sft_lab.sweep.queue import open_storage, open_study, storage_lock, top_up
+from sft_lab.sweep.spec import SweepError, check, load_spec
+from sft_lab.sweep.trial import worker
+
+log = logging.getLogger("sft_lab.sweep")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what each trial did
+
+
+def summary(study) -> str:
+    from collections import Counter
+
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    by_state = Counter(t.state.name.lower() for t in trials)
+    lines = [f"study {study.study_name}: {len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(by_state.items()))})"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        lines.append(f"best trial {best.number}: value {best.value:.4f}, params {best.params}")
+        lines += [f"  record: {v}/record.json" for k, v in best.user_attrs.items() if k.startswith("run_dir_")]
+    if len(complete) >= 4 and study.best_trial.params:
+        try:
+            import optuna
+
+            imp = optuna.importance.get_param_importances(study)
+            lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()))
+        except Exception as e:  # too little variation, say so rather than fail the sweep
+            lines.append(f"importances: not computed ({e})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = argparse.ArgumentParser(
+        prog="python -m sft_lab.sweep", description=sweep_doc.split("\n\n")[0],
+        epilog="Example: python -m sft_lab.sweep sweeps/lr_rank.yaml model=tiny train.max_steps=20 --workers 2",
+    )
+    parser.add_argument("sweep_file", help="a sweep YAML (see sweeps/)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
+    parser.add_argument("--n-trials", type=int, help="total trials in the study (resume: continue to this many)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes (0: only create and queue)")
+    parser.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
+    parser.add_argument("--study-name", help="defaults to the sweep file's study_name")
+    parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    args = parse_args(argv)
+    import sft_lab.config  # noqa: F401
+
+    _quiet_optuna()
+    try:
+        if args.n_trials is not None and args.n_trials < 1:
+            raise SweepError(f"--n-trials must be at least 1, got {args.n_trials}")
+        spec = load_spec(args.sweep_file)
+        name = args.study_name or spec.study_name
+        if args.worker_only:
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            worker(spec, args.storage, name, args.overrides)
+            return 0
+        runs_dir = check(spec, args.overrides)
+        storage_url = args.storage or spec.storage or f"sqlite:///{Path(runs_dir).resolve()}/optuna.db"
+        if storage_url.startswith("sqlite:///"):
+            Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        with storage_lock(storage_url):  # drivers started together queue the missing trials once
+            study = open_study(open_storage(storage_url), name, spec)
+            queued = top_up(study, spec, spec.n_trials if args.n_trials is None else args.n_trials)
+        log.info("study %s on %s: %d trials queued", name, storage_url, queued)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        worker(spec, storage_url, name, args.overrides)
+    elif args.workers > 1:
+        import os
+
+        threads = max(1, len(os.sched_getaffinity(0)) // args.workers)  # share the cores, don't oversubscribe
+        cmd = [sys.executable, "-m", "sft_lab.sweep", args.sweep_file, *args.overrides, "--storage", storage_url,
+               "--study-name", name, "--worker-only", "--threads", str(threads)]
+        procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            log.warning("worker exit codes: %s", codes)
+    print(summary(study))
+    return 0
