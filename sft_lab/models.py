@@ -80,7 +80,7 @@ def pick_device_and_dtype(dtype: str):
     import torch
 
     if torch.cuda.is_available():
-        device = "cuda"
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"  # one GPU per rank under torchrun
         if dtype == "auto":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     else:
@@ -114,20 +114,31 @@ def load_model(model_cfg, tokenizer, cache_dir: str, seed: int):
         config = LlamaConfig(
             vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **dict(model_cfg.arch),
+            pad_token_id=tokenizer.pad_token_id, attn_implementation=model_cfg.attn_implementation,
+            **dict(model_cfg.arch),
         )
         model = LlamaForCausalLM(config).to(dtype)
     else:
         source = local_path(model_cfg.name_or_path, cache_dir)
+        quantized = {}
+        if model_cfg.load_in_4bit:  # QLoRA: NF4 weights, compute in the run's dtype, placed by bitsandbytes
+            from transformers import BitsAndBytesConfig
+
+            quantized = {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_use_double_quant=True), "device_map": {"": device}}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
+                source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+                attn_implementation=model_cfg.attn_implementation, **quantized,
             )
         except OSError as e:
             raise ModelError(
                 f"model.name_or_path={model_cfg.name_or_path!r}: no model there ({e}). "
                 "Offline, use a local folder or a pkg:// GGUF file."
             ) from e
+        if quantized:
+            return model
     return model.to(device)
 
 
@@ -135,8 +146,10 @@ def add_lora(model, lora_cfg):
     """Wrap in a peft LoRA adapter; r=0 leaves every weight trainable (full fine-tuning)."""
     if lora_cfg.r == 0:
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
         target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sft_lab import distributed
 from sft_lab import record as rec
 from sft_lab.record import RunRecord
 
@@ -97,7 +98,8 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
             "fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
             "train_examples": len(data.train), "heldout_examples": len(data.heldout),
             "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
-        env=rec.environment(f"{inputs.device} ({str(inputs.dtype).replace('torch.', '')})"),
+        env={**rec.environment(f"{inputs.device} ({str(inputs.dtype).replace('torch.', '')})"),
+             **distributed.layout(cfg.train.batch_size, cfg.train.grad_accum)},
         started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep,
     )
@@ -108,11 +110,12 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
 # ---------------------------------------------------------------- train
 
 
-def train(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, log_metrics: Callable,
+def train(cfg, inputs: Inputs, run_dir: Path, record: Optional[RunRecord], log_metrics: Callable,
           on_eval: Optional[Callable[[float, int], bool]]) -> tuple[Any, bool]:
     """Fills record.train and record.artifacts; returns (the model to evaluate, pruned).
 
     The base model is evaluated as it is. Weights saved by an earlier attempt are loaded, not retrained.
+    Ranks other than 0 (record None) train their share and save nothing.
     """
     from sft_lab.models import add_lora, count_parameters
     from sft_lab.train import load_trained, save_trained, train, trained_result
@@ -123,6 +126,8 @@ def train(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, log_metrics: Ca
     done = trained_result(run_dir)
     if done is not None:
         model, saved = load_trained(model, run_dir)
+        if record is None:
+            return model, False
         record.train, record.artifacts = done, {"weights": str(saved)}
         log.info("Training finished in an earlier attempt: evaluating %s", saved)
         return model, False
@@ -131,6 +136,8 @@ def train(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, log_metrics: Ca
     log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
              f"{params['total']:,}")
     result = train(model, inputs.tokenizer, inputs.data, cfg.train, cfg.lr, cfg.seed, run_dir, log_metrics, on_eval)
+    if record is None:
+        return model, result.pruned
     record.train = {**result.metrics, "parameters": params}
     for name, seen in result.metrics.get("trained_on", {}).items():
         record.data.setdefault("sources", {}).setdefault(name, {})["trained_on"] = seen
@@ -177,7 +184,9 @@ def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
     """train -> evaluate -> finish, with the status a crash, a kill or a pruner leaves."""
     status, error = "failed", None
     try:
+        distributed.all_ok(None)  # every rank loaded its inputs (no-op for one process)
         model, pruned = train(cfg, inputs, run_dir, record, tracker.log, on_eval)
+        distributed.barrier()  # the other ranks exit here; evaluation is rank 0's alone
         if pruned:
             status = "pruned"
             return record

@@ -7,6 +7,7 @@ the same W&B run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig
 
-from sft_lab import phases
+from sft_lab import distributed, phases
 from sft_lab import record as rec
 from sft_lab.config import ConfigError, to_container, validate
 from sft_lab.record import RunRecord
@@ -26,11 +27,14 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # pe
 
 
 def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = None,
-        on_eval: Optional[Callable[[float, int], bool]] = None) -> RunRecord:
-    """Run one config; returns its record. A finished or pruned record is returned as is unless force=true."""
+        on_eval: Optional[Callable[[float, int], bool]] = None) -> Optional[RunRecord]:
+    """Run one config; returns its record. A finished or pruned record is returned as is unless force=true.
+
+    Under torchrun, ranks other than 0 train their share and return None (sft_lab/distributed.py)."""
     validate(cfg)
     config = to_container(cfg)
-    fp = rec.fingerprint(config)
+    fp = rec.fingerprint(config)  # the same on every rank under torchrun
+    distributed.init()
     run_dir = rec.run_dir_for(cfg.paths.runs_dir, fp)
     try:
         existing = rec.read_record(run_dir)
@@ -43,37 +47,63 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
         log.info("Already %s: %s (force=true re-runs it)", existing.status, run_dir / rec.RECORD)
         return existing
 
+    if not distributed.is_main():
+        return _follow(cfg, run_dir)
     made_here = not run_dir.exists()
-    _check_writable(run_dir, cfg.paths.runs_dir)
-    with rec.run_lock(run_dir):
-        # force=true: the old results move aside only once the new run's inputs have loaded, and come back
-        # if it fails before its first record, so a bad override never costs a finished run.
-        to_archive = corrupt or bool(existing and existing.done)
-        earlier = None if to_archive else existing  # a failed or killed attempt, resumed
-        try:
-            with _log_to(run_dir / "run.log"):
-                inputs = phases.setup(cfg)
-                archived = rec.archive(run_dir) if to_archive else None
-                try:
-                    record = phases.start(cfg, config, fp, run_dir, inputs, group, sweep, earlier)
-                except BaseException:
-                    if archived:
-                        rec.restore(run_dir, archived)
-                    raise
-                if archived:
-                    log.info("force=true: archived the earlier run to %s", archived)
-                from sft_lab.tracking import start_tracker
+    to_archive = corrupt or bool(existing and existing.done)
+    earlier = None if to_archive else existing  # a failed or killed attempt, resumed
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                _check_writable(run_dir, cfg.paths.runs_dir)
+                stack.enter_context(rec.run_lock(run_dir))
+                stack.enter_context(_log_to(run_dir / "run.log"))
+                record, inputs, tracker = _begin(cfg, config, fp, run_dir, group, sweep, to_archive, earlier)
+            except BaseException as e:
+                distributed.all_ok(e)  # the other ranks stop too; raises e here
+            return phases.execute(cfg, inputs, run_dir, record, tracker, on_eval)
+    finally:
+        if made_here and not (run_dir / rec.RECORD).exists():  # failed on its inputs: leave no half-made folder
+            shutil.rmtree(run_dir, ignore_errors=True)
 
-                try:
-                    tracker = start_tracker(cfg.tracking, record.name, group, config, run_dir, cfg.paths.runs_dir)
-                except BaseException as e:
-                    phases.finish(run_dir, record, "failed", e)
-                    raise
-                record.wandb_run_id = tracker.run_id
-                return phases.execute(cfg, inputs, run_dir, record, tracker, on_eval)
-        finally:
-            if made_here and not (run_dir / rec.RECORD).exists():  # failed on its inputs: leave no half-made folder
-                shutil.rmtree(run_dir, ignore_errors=True)
+
+def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earlier: Optional[RunRecord]):
+    """Inputs loaded, then (force=true) the old results moved aside, the first record and the tracker.
+
+    The old results move only once the new run's inputs have loaded, and come back if it fails before
+    its first record, so a bad override never costs a finished run."""
+    inputs = phases.setup(cfg)
+    archived = rec.archive(run_dir) if to_archive else None
+    try:
+        record = phases.start(cfg, config, fp, run_dir, inputs, group, sweep, earlier)
+    except BaseException:
+        if archived:
+            rec.restore(run_dir, archived)
+        raise
+    if archived:
+        log.info("force=true: archived the earlier run to %s", archived)
+    from sft_lab.tracking import start_tracker
+
+    try:
+        tracker = start_tracker(cfg.tracking, record.name, group, config, run_dir, cfg.paths.runs_dir)
+    except BaseException as e:
+        phases.finish(run_dir, record, "failed", e)
+        raise
+    record.wandb_run_id = tracker.run_id
+    return record, inputs, tracker
+
+
+def _follow(cfg, run_dir: Path) -> None:
+    """A rank other than 0: load the same inputs, train its share, wait for rank 0 at the barrier."""
+    inputs, error = None, None
+    try:
+        inputs = phases.setup(cfg)
+    except BaseException as e:
+        error = e
+    distributed.all_ok(error)
+    phases.train(cfg, inputs, run_dir, None, lambda metrics, step: None, None)
+    distributed.barrier()
+    return None
 
 
 def _check_writable(run_dir: Path, runs_dir: str) -> None:

@@ -29,8 +29,17 @@ RECORD = "record.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-core", "omegaconf", "wandb", "optuna")
 
 
+# Keys added after runs were recorded, with the value those runs had: hashed only when set otherwise,
+# so adding an option never moves existing runs to new folders.
+ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit"): False,
+               ("train", "gradient_checkpointing"): False}
+
+
 def fingerprint(config: dict[str, Any]) -> str:
     semantic = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+    for (group, key), value in ADDED_LATER.items():
+        if isinstance(semantic.get(group), dict) and semantic[group].get(key, value) == value:
+            semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     if config.get("baseline"):  # nothing is trained: one base run per model and eval protocol
         drop = {"lora", "train", "lr", "seed"}
         if "heldout" not in config.get("eval", {}).get("tasks", []):

@@ -48,12 +48,24 @@ def share_cores_with_parallel_jobs() -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def refuse_grids_under_torchrun() -> None:
+    from sft_lab import distributed
+
+    if distributed.world_size() > 1 and multirun_group() is not None:
+        from sft_lab.config import ConfigError
+
+        raise ConfigError("-m (a grid) under torchrun / accelerate launch: launch one config per torchrun call, "
+                          "or run the grid with one GPU per job (hydra/launcher=submitit_slurm with "
+                          "tasks_per_node, or python -m sft_lab.sweep --workers N)")
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from sft_lab.pipeline import run
 
     share_cores_with_parallel_jobs()
     try:
+        refuse_grids_under_torchrun()
         record = run(cfg, group=cfg.tracking.group or multirun_group())
     except UserError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
@@ -62,7 +74,8 @@ def main(cfg: DictConfig) -> None:
         print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
               "run the same command again to resume it", file=sys.stderr)
         sys.exit(130)
-    log.info("%s: %s", record.status, record.run_dir)
+    if record is not None:  # None: a rank other than 0 under torchrun, done with its share
+        log.info("%s: %s", record.status, record.run_dir)
 
 
 if __name__ == "__main__":

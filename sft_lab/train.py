@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sft_lab import distributed
 from sft_lab.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,25 @@ class Counts:
     def real_tokens(self) -> int:
         return sum(c["tokens"] for c in self.sources.values())
 
+    def merged(self) -> "Counts":
+        """All ranks' counts added up (a collective under torchrun: every rank calls it)."""
+        out = Counts()
+        out.earlier_wall_s, out.started = self.earlier_wall_s, self.started
+        for sources, padded in distributed.gather((self.sources, self.padded_tokens)):
+            out.add({"sources": sources, "padded_tokens": padded})
+        return out
+
     def save(self, folder: Path) -> None:
-        # Written last and atomically: its presence marks the checkpoint complete.
-        atomic_write(folder / self.FILE, json.dumps({"sources": self.sources, "padded_tokens": self.padded_tokens,
-                                                     "wall_s": self.wall_s}))
+        # Written last and atomically, by rank 0: its presence marks the checkpoint complete.
+        total = self.merged()
+        if distributed.is_main():
+            atomic_write(folder / self.FILE, json.dumps({"sources": total.sources, "padded_tokens": total.padded_tokens,
+                                                         "wall_s": total.wall_s}))
 
     def load(self, folder: Path) -> None:
+        """Rank 0 carries the earlier attempts' totals; the other ranks count only what they train now."""
         path = folder / self.FILE
-        if path.is_file():
+        if path.is_file() and distributed.is_main():
             saved = json.loads(path.read_text())
             self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
             self.earlier_wall_s = float(saved.get("wall_s", 0.0))
@@ -79,8 +91,9 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
     for _, path in reversed(steps):
         if (path / Counts.FILE).is_file():
             return str(path)
-        log.warning("Removing checkpoint %s: its save was cut off", path)
-        shutil.rmtree(path, ignore_errors=True)
+        if distributed.is_main():
+            log.warning("Removing checkpoint %s: its save was cut off", path)
+            shutil.rmtree(path, ignore_errors=True)
     return None
 
 
@@ -201,6 +214,9 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
+        gradient_checkpointing=train_cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if train_cfg.gradient_checkpointing else None,
+        ddp_find_unused_parameters=False,  # LoRA leaves the frozen base weights without gradients
         remove_unused_columns=False,
         report_to=[],
         bf16=dtype == torch.bfloat16,
@@ -224,6 +240,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         counts.load(Path(resume))
     counts.started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
+    counts = counts.merged()  # every rank's batches
     wall = counts.wall_s  # this attempt plus the earlier ones, up to the checkpoint resumed from
     stopped = getattr(trainer.state, "stopped_by_caller", False)
 
