@@ -1,4 +1,4 @@
-"""Data-parallel runs under `torchrun` or `accelerate launch`: which process does what.
+"""Data-parallel runs under `torchrun`, `accelerate launch` or a multi-task Slurm job: which process does what.
 
 Every rank composes the same config, computes the same fingerprint, loads the same inputs and trains
 its share of every batch (transformers' Trainer runs DDP, or FSDP / DeepSpeed from an accelerate
@@ -19,6 +19,22 @@ class RankFailed(UserError):
     """Another rank failed before training; this one stops instead of waiting forever."""
 
 
+def adopt_cluster_ranks() -> None:
+    """A Slurm (or submitit local) job with several tasks: export the torch.distributed variables
+    (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) that torchrun would have set."""
+    if "WORLD_SIZE" in os.environ or not any(k.startswith("SUBMITIT_") for k in os.environ):
+        return
+    import submitit
+    from submitit.helpers import TorchDistributedEnvironment
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job after all
+        return
+    if tasks > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -33,6 +49,7 @@ def is_main() -> bool:
 
 def init() -> None:
     """Join the process group the launcher set up (gloo on CPU, nccl on GPUs); no-op for one process."""
+    adopt_cluster_ranks()
     if world_size() > 1:
         from accelerate import PartialState
 

@@ -214,8 +214,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         seed=seed,
         data_seed=seed,
         train_sampling_strategy="group_by_length" if train_cfg.group_by_length else "random",
-        gradient_checkpointing=train_cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if train_cfg.gradient_checkpointing else None,
+        activation_checkpointing=train_cfg.gradient_checkpointing,
         ddp_find_unused_parameters=False,  # LoRA leaves the frozen base weights without gradients
         remove_unused_columns=False,
         report_to=[],
@@ -238,6 +237,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     if resume:
         log.info("Resuming from checkpoint %s", resume)
         counts.load(Path(resume))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     counts.started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     counts = counts.merged()  # every rank's batches
@@ -260,6 +261,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
         "trained_on": counts.sources,
         "resumed_from": resume,
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),  # as the model ran
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }

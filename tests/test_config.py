@@ -3,7 +3,7 @@ from conftest import ROOT, compose, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from sft_lab.config import ConfigError, validate
+from sft_lab.config import ConfigError, to_container, validate
 
 
 def all_presets():
@@ -97,3 +97,26 @@ def test_defaults_live_only_in_the_schemas():
     assert set(top) == {"defaults", "hydra"}, f"conf/config.yaml sets {set(top) - {'defaults', 'hydra'}}"
     cfg = compose([])
     assert (cfg.lr, cfg.seed, cfg.train.max_steps, cfg.eval.limit, cfg.paths.runs_dir) == (2e-4, 0, 50, 200, "runs")
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.load_in_4bit=true", "needs a CUDA GPU"),
+    ("model.attn_implementation=flash_attention_2", "needs the flash-attn package"),
+    ("model.attn_implementation=fast", "model.attn_implementation must be one of sdpa, eager, flash_attention_2"),
+])
+def test_memory_options_this_machine_cannot_honour_are_named(override, says):
+    import torch
+
+    if "4bit" in override and torch.cuda.is_available():
+        pytest.skip("a CUDA machine can load 4-bit weights")
+    with pytest.raises(ConfigError, match=says):
+        validate(compose([override]))
+
+
+def test_options_added_later_keep_existing_runs_in_their_folders():
+    from sft_lab.record import fingerprint
+
+    base = fingerprint(to_container(compose([])))
+    assert base.startswith("c1be0806222aba63")  # the default config's folder before these keys existed
+    for changed in ("train.gradient_checkpointing=true", "model.attn_implementation=eager"):
+        assert fingerprint(to_container(compose([changed]))) != base, changed

@@ -97,3 +97,16 @@ def test_a_grid_under_torchrun_is_refused_with_the_way_out(tmp_path):
     assert out.returncode != 0
     assert "-m (a grid) under torchrun" in out.stderr
     assert not list((tmp_path / "runs").glob("*/record.json"))
+
+
+@pytest.mark.e2e
+def test_a_grid_through_the_submitit_launcher_runs_each_config_on_two_ranks(tmp_path):
+    """The Slurm path, run locally: hydra/launcher=local is submitit_local, the slurm preset's twin."""
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", *DDP, "train.batch_size=2", "seed=0,1", "hydra/launcher=local",
+                   "hydra.launcher.tasks_per_node=2", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = records(runs)
+    assert sorted(r["config"]["seed"] for r in recs) == [0, 1]
+    assert all(r["status"] == "finished" and r["env"]["world_size"] == 2 for r in recs)
+    assert len({r["group"] for r in recs}) == 1

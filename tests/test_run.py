@@ -166,3 +166,19 @@ def test_every_shipped_benchmark_task_evaluates(tmp_path):
     for task in tasks.split(","):
         assert 0 <= rec["eval"][task]["acc"]["value"] <= 1, task
         assert rec["eval_protocol"]["task_versions"][task] == 1.0
+
+
+def test_gradient_checkpointing_and_eager_attention_train_the_same_model(tmp_path):
+    """Memory options change how the step is computed, not what is learnt."""
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", *TINY, "eval.tasks=[heldout]", "train.gradient_checkpointing=false,true",
+                   "model.attn_implementation=sdpa,eager", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    curves = {(r["config"]["train"]["gradient_checkpointing"], r["config"]["model"]["attn_implementation"]):
+              [c["loss"] for c in r["train"]["loss_curve"]] for r in records(runs)}
+    assert len(curves) == 4
+    assert {r["train"]["gradient_checkpointing"] for r in records(runs)
+            if r["config"]["train"]["gradient_checkpointing"]} == {True}  # it really ran checkpointed
+    reference = curves[(False, "sdpa")]
+    for key, curve in curves.items():
+        assert max(abs(a - b) for a, b in zip(curve, reference)) < 1e-4, key

@@ -194,3 +194,23 @@ def test_drivers_started_together_on_a_fresh_postgres_database(postgres_url, tmp
     outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
     assert_exact(study_trials(storage.replace("postgresql://", "postgresql+psycopg2://"), "together"), 3, runs)
+
+
+def test_workers_are_pinned_one_gpu_each_and_share_cores_without_gpus():
+    from sft_lab.sweep.cli import worker_layout
+    from sft_lab.sweep.spec import SweepError
+
+    assert worker_layout(4, ["4", "5", "6", "7"], 16) == [
+        {"threads": "4", "CUDA_VISIBLE_DEVICES": g} for g in ("4", "5", "6", "7")]
+    assert worker_layout(2, [], 2) == [{"threads": "1"}, {"threads": "1"}]  # CPU: as before
+    with pytest.raises(SweepError, match="one worker per GPU"):
+        worker_layout(3, ["0", "1"], 16)
+
+
+def test_multi_gpu_trials_are_refused_not_ignored(tmp_path, capsys):
+    from sft_lab.sweep.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("study_name: x\nspace: {lr: {type: float, low: 1.0e-5, high: 1.0e-3}}\n")
+    assert main([str(spec), "--gpus-per-trial", "2", "--workers", "0"]) == 2
+    assert "--gpus-per-trial 2" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import warnings
@@ -50,6 +51,32 @@ def summary(study) -> str:
     return "\n".join(lines)
 
 
+def _visible_gpus() -> list[str]:
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them for its children."""
+    import torch
+
+    n = torch.cuda.device_count()
+    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
+
+
+def worker_layout(workers: int, gpus: list[str], cores: int) -> list[dict[str, str]]:
+    """Per worker: the GPU it is pinned to (CUDA_VISIBLE_DEVICES) and its share of the CPU threads.
+
+    With GPUs, worker i gets the i-th visible GPU; more workers than GPUs is refused (two runs on one
+    GPU only slow each other down). Without GPUs, the workers share the cores, as before."""
+    if gpus and workers > len(gpus):
+        raise SweepError(f"--workers {workers} with {len(gpus)} GPU(s) visible ({','.join(gpus)}): "
+                         "one worker per GPU at most")
+    layout = []
+    for i in range(max(workers, 0)):
+        env = {"threads": str(max(1, cores // max(workers, 1)))}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+        layout.append(env)
+    return layout
+
+
 def parse_args(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(
         prog="python -m sft_lab.sweep", description=sweep_doc.split("\n\n")[0],
@@ -58,7 +85,11 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("sweep_file", help="a sweep YAML (see sweeps/)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every trial")
     parser.add_argument("--n-trials", type=int, help="total trials in the study (resume: continue to this many)")
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes (0: only create and queue)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="local worker processes (0: only create and queue). On a GPU node worker i gets its own "
+                             "GPU(s) through CUDA_VISIBLE_DEVICES; on CPU the workers share the cores")
+    parser.add_argument("--gpus-per-trial", type=int, default=1,
+                        help="GPUs pinned to each worker (default 1); --workers × this must fit the node's GPUs")
     parser.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
     parser.add_argument("--study-name", help="defaults to the sweep file's study_name")
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
@@ -75,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_trials is not None and args.n_trials < 1:
             raise SweepError(f"--n-trials must be at least 1, got {args.n_trials}")
+        if args.gpus_per_trial != 1:
+            raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: a trial runs in its worker's process on one "
+                             "GPU; multi-GPU trials (each through torchrun) are not supported yet. Use one GPU per "
+                             "worker, or launch multi-GPU runs with torchrun -m sft_lab.run.")
+        layout = worker_layout(args.workers, _visible_gpus(), len(os.sched_getaffinity(0)))
         spec = load_spec(args.sweep_file)
         name = args.study_name or spec.study_name
         if args.worker_only:
@@ -98,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         worker(spec, storage_url, name, args.overrides)
     elif args.workers > 1:
-        import os
-
-        threads = max(1, len(os.sched_getaffinity(0)) // args.workers)  # share the cores, don't oversubscribe
         cmd = [sys.executable, "-m", "sft_lab.sweep", args.sweep_file, *args.overrides, "--storage", storage_url,
-               "--study-name", name, "--worker-only", "--threads", str(threads)]
-        procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
+               "--study-name", name, "--worker-only"]
+        procs = []
+        for env in layout:
+            log.info("worker %d: %s", len(procs), ", ".join(f"{k}={v}" for k, v in env.items()))
+            procs.append(subprocess.Popen([*cmd, "--threads", env["threads"]], env={**os.environ, **env}))
         codes = [p.wait() for p in procs]
         if any(codes):
             log.warning("worker exit codes: %s", codes)
