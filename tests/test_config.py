@@ -8,7 +8,7 @@ from sft_lab.config import ConfigError, to_container, validate
 
 def all_presets():
     for group_dir in sorted((ROOT / "conf").iterdir()):
-        if group_dir.is_dir() and group_dir.name != "hydra":
+        if group_dir.is_dir() and group_dir.name not in ("hydra", "accelerate"):  # those two: tested below
             for f in sorted(group_dir.glob("*.yaml")):
                 yield ("+" if group_dir.name == "experiment" else "") + f"{group_dir.name}={f.stem}"
 
@@ -120,3 +120,23 @@ def test_options_added_later_keep_existing_runs_in_their_folders():
     assert base.startswith("c1be0806222aba63")  # the default config's folder before these keys existed
     for changed in ("train.gradient_checkpointing=true", "model.attn_implementation=eager"):
         assert fingerprint(to_container(compose([changed]))) != base, changed
+
+
+def test_launcher_presets_hold_only_keys_their_launchers_take():
+    import dataclasses
+
+    from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+    from omegaconf import OmegaConf
+
+    for name, schema in (("slurm", SlurmQueueConf), ("local", LocalQueueConf)):
+        preset = OmegaConf.load(ROOT / "conf" / "hydra" / "launcher" / f"{name}.yaml")
+        known = {f.name for f in dataclasses.fields(schema)}
+        assert set(preset) - {"defaults"} <= known, (name, set(preset) - known)
+
+
+def test_accelerate_configs_load_in_accelerate():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for path in sorted((ROOT / "conf" / "accelerate").glob("*.yaml")):
+        config = ClusterConfig.from_yaml_file(path)
+        assert config.num_processes >= 1, path
