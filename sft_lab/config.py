@@ -7,6 +7,7 @@ any model or data is loaded.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,8 @@ class LoraConfig:
     r: int = 8  # 0 means full fine-tuning
     alpha: int = 16
     dropout: float = 0.05
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA)
+    use_rslora: bool = False  # rank-stabilised scaling: alpha / sqrt(r) instead of alpha / r
     target_modules: List[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -98,7 +101,8 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # Sized for 2 CPU cores: SmolLM2-135M LoRA in about 3 minutes (about 3 s a step).
-    max_steps: int = 50
+    max_steps: Optional[int] = 50  # the run's length: exactly one of max_steps and epochs is set
+    epochs: Optional[float] = None  # passes over the training mixture (set max_steps=null with it)
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 256
@@ -112,6 +116,10 @@ class TrainConfig:
     eval_examples: int = 0  # held-out examples in those periodic losses, spread over the split (0: all)
     group_by_length: bool = True  # similar lengths per batch: 1.4% padding on Alpaca vs 34% (benchmarks/padding.py)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, about 30% slower
+    packing: bool = False  # several examples per row, each attending only to itself (position ids restart)
+    train_on_prompt: bool = False  # loss on the prompt tokens too (default: answers only)
+    neftune_alpha: Optional[float] = None  # NEFTune: noise on the input embeddings while training
+    optimizer: str = "adamw_torch"  # adamw_torch | adamw_8bit (bitsandbytes) | sgd | adafactor
 
 
 @dataclass
@@ -207,9 +215,20 @@ def validate(cfg: DictConfig) -> None:
     if cfg.lora.r > 0 and cfg.lora.alpha <= 0:
         raise ConfigError(f"lora.alpha must be > 0, got lora.alpha={cfg.lora.alpha}")
     t = cfg.train
-    for key in ("max_length", "max_steps", "batch_size", "grad_accum", "logging_steps", "save_steps"):
-        if t[key] <= 0:
+    if (t.max_steps is None) == (t.epochs is None):
+        raise ConfigError(f"set exactly one of train.max_steps and train.epochs (got max_steps={t.max_steps}, "
+                          f"epochs={t.epochs}); to train by epochs: train.epochs=3 train.max_steps=null")
+    for key in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_steps", "epochs"):
+        if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"train.{key} must be > 0, got train.{key}={t[key]}")
+    if t.neftune_alpha is not None and t.neftune_alpha <= 0:
+        raise ConfigError(f"train.neftune_alpha must be > 0 or null, got {t.neftune_alpha}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if t.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.optimizer=adamw_8bit needs the bitsandbytes package: pip install bitsandbytes")
+    if (cfg.lora.use_dora or cfg.lora.use_rslora) and cfg.lora.r == 0:
+        raise ConfigError("lora.use_dora / lora.use_rslora need a LoRA adapter (lora.r > 0)")
     for key in ("eval_steps", "eval_examples"):
         if t[key] < 0:
             raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
@@ -232,12 +251,11 @@ def validate(cfg: DictConfig) -> None:
 
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "sgd", "adafactor")
 
 
 def _check_installed(model: ModelConfig) -> None:
     """Options that need a GPU or an extra package say so before anything loads."""
-    import importlib.util
-
     if model.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package "
                           "(pip install flash-attn, on a CUDA machine); sdpa is the default and needs nothing")

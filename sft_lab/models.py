@@ -153,6 +153,7 @@ def add_lora(model, lora_cfg):
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
         target_modules=list(lora_cfg.target_modules), task_type="CAUSAL_LM",
+        use_dora=lora_cfg.get("use_dora", False), use_rslora=lora_cfg.get("use_rslora", False),
     )
     return get_peft_model(model, config)
 

@@ -63,7 +63,8 @@ def setup(cfg) -> Inputs:
     if not cfg.baseline or "heldout" in cfg.eval.tasks:
         mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
         data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
-                                token_budget=cfg.data.tokens)
+                                token_budget=cfg.data.tokens, prompt_loss=cfg.train.train_on_prompt,
+                                packing=cfg.train.packing)
         heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
                         for ex in mixture.heldout]
         if not cfg.baseline and not data.train:

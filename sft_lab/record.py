@@ -32,7 +32,9 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-cor
 # Keys added after runs were recorded, with the value those runs had: hashed only when set otherwise,
 # so adding an option never moves existing runs to new folders.
 ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit"): False,
-               ("train", "gradient_checkpointing"): False}
+               ("train", "gradient_checkpointing"): False, ("train", "epochs"): None, ("train", "packing"): False,
+               ("train", "train_on_prompt"): False, ("train", "neftune_alpha"): None,
+               ("train", "optimizer"): "adamw_torch", ("lora", "use_dora"): False, ("lora", "use_rslora"): False}
 
 
 def fingerprint(config: dict[str, Any]) -> str:

@@ -68,7 +68,8 @@ def cut_to_token_budget(rows: list[dict], budget: int) -> list[dict]:
 
 
 def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: str | None,
-                     token_budget: int | None = None) -> TokenisedData:
+                     token_budget: int | None = None, prompt_loss: bool = False,
+                     packing: bool = False) -> TokenisedData:
     """Tokenise train and held-out sets; the key is also the run's data fingerprint."""
     key = hashlib.sha256(
         f"{mixture.fingerprint}:{fingerprint_template(template, tokenizer)}:{max_length}".encode()
@@ -85,8 +86,12 @@ def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: s
         train, dropped, heldout = cached
     if token_budget:
         train = cut_to_token_budget(train, token_budget)
-    return TokenisedData(train=train, heldout=heldout, sources=account(train, dropped), key=key,
-                         from_cache=cached is not None)
+    if prompt_loss:
+        train = train_on_prompt(train)
+    sources = account(train, dropped)
+    if packing:
+        train = pack(train, max_length)
+    return TokenisedData(train=train, heldout=heldout, sources=sources, key=key, from_cache=cached is not None)
 
 
 CACHE_VERSION = 1
@@ -147,8 +152,36 @@ def _write_cache(path: Path | None, value) -> None:
     atomic_write(path, buffer.getvalue())
 
 
+def train_on_prompt(rows: list[dict]) -> list[dict]:
+    """Every real token is a label: the loss sees the prompt too (train.train_on_prompt)."""
+    return [{**row, "labels": list(row["input_ids"])} for row in rows]
+
+
+def pack(rows: list[dict], max_length: int) -> list[dict]:
+    """Consecutive examples packed into rows of at most max_length tokens (train.packing).
+
+    A packed row keeps each example's length and source; the collator restarts position ids and
+    masks attention per example, and the first token of each later example is no label (it would be
+    predicted from the example before)."""
+    packs: list[dict] = []
+    for row in rows:
+        n = len(row["input_ids"])
+        if not packs or sum(packs[-1]["lengths"]) + n > max_length:
+            packs.append({"input_ids": [], "labels": [], "lengths": [], "sources": [], "truncated": False})
+        p = packs[-1]
+        labels = list(row["labels"])
+        if p["lengths"]:
+            labels[0] = IGNORE
+        p["input_ids"] += row["input_ids"]
+        p["labels"] += labels
+        p["lengths"].append(n)
+        p["sources"].append(row["source"])
+    return packs
+
+
 class Collator:
-    """Dynamic padding to the longest sequence in the batch.
+    """Dynamic padding to the longest row in the batch; packed rows get per-example position ids and a
+    block-diagonal causal mask (4D, additive), so no example attends to another.
 
     The batch also carries `counts` (per source: examples, tokens, label tokens; and padded size),
     which the trainer adds up for the batches it actually trains on.
@@ -164,15 +197,30 @@ class Collator:
         ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
+        packed = any(len(row.get("lengths", ())) > 1 for row in batch)
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        segment = torch.full((len(batch), width), -1, dtype=torch.long)  # padding: its own segment
         counts: dict[str, dict[str, int]] = {}
         for i, row in enumerate(batch):
             n = len(row["input_ids"])
             ids[i, :n] = torch.tensor(row["input_ids"])
             labels[i, :n] = torch.tensor(row["labels"])
             mask[i, :n] = 1
-            c = counts.setdefault(row.get("source", "?"), {"examples": 0, "tokens": 0, "label_tokens": 0})
-            c["examples"] += 1
-            c["tokens"] += n
-            c["label_tokens"] += sum(l != IGNORE for l in row["labels"])
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-                "counts": {"sources": counts, "padded_tokens": len(batch) * width}}
+            start = 0
+            for k, (length, source) in enumerate(zip(row.get("lengths", [n]), row.get("sources", [row.get("source", "?")]))):
+                positions[i, start:start + length] = torch.arange(length)
+                segment[i, start:start + length] = k
+                c = counts.setdefault(source, {"examples": 0, "tokens": 0, "label_tokens": 0})
+                c["examples"] += 1
+                c["tokens"] += length
+                c["label_tokens"] += sum(l != IGNORE for l in row["labels"][start:start + length])
+                start += length
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask,
+               "counts": {"sources": counts, "padded_tokens": len(batch) * width}}
+        if packed:
+            causal = torch.ones((width, width), dtype=torch.bool).tril()
+            same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+            keep = (same & causal) | torch.eye(width, dtype=torch.bool)  # a pad attends to itself: no empty row
+            additive = torch.zeros(keep.shape, dtype=torch.float32).masked_fill(~keep, torch.finfo(torch.float32).min)
+            out.update(attention_mask=additive[:, None], position_ids=positions)
+        return out

@@ -108,6 +108,7 @@ def periodic_heldout(heldout: list, train_cfg) -> Optional[list]:
 
 
 def _trainer_class():
+    import torch
     from transformers import Trainer
 
     class CountingTrainer(Trainer):
@@ -119,6 +120,10 @@ def _trainer_class():
             counts = inputs.pop("counts", None)
             if counts is not None and model.training:
                 self.counts.add(counts)
+            mask = inputs.get("attention_mask")
+            if mask is not None and mask.dim() == 4:  # packed rows: the additive mask in the model's dtype
+                dtype = next(model.parameters()).dtype
+                inputs["attention_mask"] = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def _get_train_sampler(self, train_dataset=None):
@@ -185,7 +190,7 @@ def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callab
 def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path,
           log_metrics: Callable[[dict, int], None] = lambda m, s: None,
           on_eval: Optional[Callable[[float, int], bool]] = None) -> Trained:
-    """Train to train_cfg.max_steps (resuming from the last complete checkpoint), or until on_eval says stop."""
+    """Train for train_cfg.max_steps or train_cfg.epochs (resuming from the last complete checkpoint), or until on_eval says stop."""
     import torch
     from transformers import TrainingArguments
 
@@ -195,7 +200,10 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     dtype = next(model.parameters()).dtype
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
-        max_steps=train_cfg.max_steps,
+        max_steps=train_cfg.max_steps or -1,  # -1: train.epochs decides
+        num_train_epochs=train_cfg.epochs or 1,
+        optim=train_cfg.optimizer,
+        neftune_noise_alpha=train_cfg.neftune_alpha,
         per_device_train_batch_size=train_cfg.batch_size,
         per_device_eval_batch_size=train_cfg.batch_size,
         gradient_accumulation_steps=train_cfg.grad_accum,
