@@ -15,6 +15,20 @@ from sft_lab.tasks import shipped_task_names
 
 log = logging.getLogger(__name__)
 
+
+class _Repeats(logging.Filter):
+    """lm-eval warnings every run repeats that say nothing about this run."""
+
+    NOISE = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model",
+             "Overwriting default num_fewshot")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+for _name in ("lm_eval.models.huggingface", "lm_eval.evaluator"):
+    logging.getLogger(_name).addFilter(_Repeats())
+
 def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tuple[dict, dict]:
     """Returns (metrics: task -> metric -> {value, stderr}, protocol)."""
     import lm_eval
@@ -30,14 +44,23 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
     manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
+    from lm_eval.loggers import EvaluationTracker
+
+    lm_eval_tracker = EvaluationTracker(output_path=str(run_dir / "lm_eval"))
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
+        model=lm, tasks=tasks, evaluation_tracker=lm_eval_tracker, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
         task_manager=manager, log_samples=eval_cfg.log_samples, apply_chat_template=eval_cfg.apply_chat_template,
         bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234,
     )
     metrics = _metrics(results["results"])
+    samples = results.pop("samples", {}) if eval_cfg.log_samples else {}
     if eval_cfg.log_samples:
-        _write_samples(results.get("samples", {}), run_dir / "samples")
+        _write_samples(samples, run_dir / "samples")
+    # lm-eval's own files, as its CLI writes them: results_<time>.json and samples_<task>_<time>.jsonl
+    lm_eval_tracker.general_config_tracker.model_name_sanitized = "model"  # not the in-memory model's repr
+    lm_eval_tracker.save_results_aggregated(results=results, samples=samples or None)  # adds task_hashes
+    for task, rows in samples.items():
+        lm_eval_tracker.save_results_samples(task_name=task, samples=rows)
     protocol = {
         "tasks": tasks,
         "task_versions": {t: results.get("versions", {}).get(t) for t in metrics},

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sft_lab import distributed
+from sft_lab import distributed, index
 from sft_lab import record as rec
 from sft_lab.record import RunRecord
 
@@ -85,8 +85,8 @@ def setup(cfg) -> Inputs:
 
 
 def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Optional[str],
-          sweep: Optional[dict], earlier: Optional[RunRecord]) -> RunRecord:
-    """The task folder and the first record (status running); an earlier failed attempt is counted."""
+          sweep: Optional[dict], earlier: Optional[RunRecord], overrides: Optional[list[str]] = None) -> RunRecord:
+    """The task folder, the Hydra files and the first record (status running); an earlier attempt is counted."""
     from sft_lab.tasks import write_tasks
     from sft_lab.templates import render_prompt
 
@@ -102,10 +102,30 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
         env={**rec.environment(f"{inputs.device} ({str(inputs.dtype).replace('torch.', '')})"),
              **distributed.layout(cfg.train.batch_size, cfg.train.grad_accum)},
         started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep,
+        attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep, overrides=list(overrides or []),
     )
+    _write_hydra_files(run_dir, config, record.overrides)
     rec.write_record(run_dir, record)
+    index.update(cfg.paths.runs_dir, record)
     return record
+
+
+def _write_hydra_files(run_dir: Path, config: dict, overrides: list[str]) -> None:
+    """<run>/.hydra/{config,overrides,hydra}.yaml, where Hydra users look for them."""
+    from omegaconf import OmegaConf
+
+    from sft_lab.files import atomic_write
+
+    folder = run_dir / ".hydra"
+    folder.mkdir(exist_ok=True)
+    atomic_write(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    atomic_write(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    try:  # inside `python -m sft_lab.run`; a sweep trial composes without Hydra's runtime config
+        from hydra.core.hydra_config import HydraConfig
+
+        atomic_write(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.get(), resolve=False))
+    except ValueError:
+        pass
 
 
 # ---------------------------------------------------------------- train
@@ -176,6 +196,7 @@ def finish(run_dir: Path, record: RunRecord, status: str, error: Optional[BaseEx
     record.ended = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record.env["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     rec.write_record(run_dir, record)
+    index.update(Path(run_dir).parent, record)
     if record.done:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 

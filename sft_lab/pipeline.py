@@ -27,7 +27,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # pe
 
 
 def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = None,
-        on_eval: Optional[Callable[[float, int], bool]] = None) -> Optional[RunRecord]:
+        on_eval: Optional[Callable[[float, int], bool]] = None,
+        overrides: Optional[list[str]] = None) -> Optional[RunRecord]:
     """Run one config; returns its record. A finished or pruned record is returned as is unless force=true.
 
     Under torchrun, ranks other than 0 train their share and return None (sft_lab/distributed.py)."""
@@ -58,7 +59,8 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
                 _check_writable(run_dir, cfg.paths.runs_dir)
                 stack.enter_context(rec.run_lock(run_dir))
                 stack.enter_context(_log_to(run_dir / "run.log"))
-                record, inputs, tracker = _begin(cfg, config, fp, run_dir, group, sweep, to_archive, earlier)
+                record, inputs, tracker = _begin(cfg, config, fp, run_dir, group, sweep, to_archive, earlier,
+                                                 overrides)
             except BaseException as e:
                 distributed.all_ok(e)  # the other ranks stop too; raises e here
             return phases.execute(cfg, inputs, run_dir, record, tracker, on_eval)
@@ -67,7 +69,8 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earlier: Optional[RunRecord]):
+def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earlier: Optional[RunRecord],
+           overrides: Optional[list[str]]):
     """Inputs loaded, then (force=true) the old results moved aside, the first record and the tracker.
 
     The old results move only once the new run's inputs have loaded, and come back if it fails before
@@ -75,7 +78,7 @@ def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earli
     inputs = phases.setup(cfg)
     archived = rec.archive(run_dir) if to_archive else None
     try:
-        record = phases.start(cfg, config, fp, run_dir, inputs, group, sweep, earlier)
+        record = phases.start(cfg, config, fp, run_dir, inputs, group, sweep, earlier, overrides)
     except BaseException:
         if archived:
             rec.restore(run_dir, archived)

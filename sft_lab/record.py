@@ -84,6 +84,7 @@ class RunRecord:
     eval: Optional[dict[str, dict[str, dict[str, Optional[float]]]]] = None  # task -> metric -> {value, stderr}
     eval_protocol: Optional[dict[str, Any]] = None
     sweep: Optional[dict[str, Any]] = None  # {study, trial, state} for a sweep's runs
+    overrides: Optional[list[str]] = None  # the command line's (or the sweep trial's) Hydra overrides
     wandb_run_id: Optional[str] = None
     error: Optional[str] = None
     traceback: Optional[str] = None

@@ -48,6 +48,12 @@ def share_cores_with_parallel_jobs() -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
 def refuse_grids_under_torchrun() -> None:
     from sft_lab import distributed
 
@@ -66,7 +72,7 @@ def main(cfg: DictConfig) -> None:
     share_cores_with_parallel_jobs()
     try:
         refuse_grids_under_torchrun()
-        record = run(cfg, group=cfg.tracking.group or multirun_group())
+        record = run(cfg, group=cfg.tracking.group or multirun_group(), overrides=task_overrides())
     except UserError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)
@@ -75,7 +81,9 @@ def main(cfg: DictConfig) -> None:
               "run the same command again to resume it", file=sys.stderr)
         sys.exit(130)
     if record is not None:  # None: a rank other than 0 under torchrun, done with its share
-        log.info("%s: %s", record.status, record.run_dir)
+        from sft_lab.summary import run_summary
+
+        print(run_summary(record), flush=True)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,27 @@ class EpochSeededLengthSampler:
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
 
 
+LOG_KEYS = {"loss": "loss {:.4f}", "grad_norm": "grad_norm {:.3f}", "learning_rate": "lr {:.3g}",
+            "eval_loss": "held-out loss {:.4f}", "num_input_tokens_seen": "tokens {:,}", "epoch": "epoch {:.2f}"}
+
+
+def log_line(logs: dict) -> str:
+    """A trainer log as one readable line of numbers (transformers prints them as strings)."""
+    return ", ".join(fmt.format(logs[k]) for k, fmt in LOG_KEYS.items() if isinstance(logs.get(k), (int, float)))
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep transformers' progress bar, drop its printed dicts of strings: our callback logs numbers."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class Progress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(Progress())
+
+
 def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list,
               counts: Counts):
     from transformers import TrainerCallback
@@ -174,6 +195,8 @@ def _callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callab
             if "loss" in logs and not math.isfinite(logs["loss"]):
                 raise NonFiniteLoss(f"training loss is {logs['loss']} at step {state.global_step}")
             log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+            if distributed.is_main() and ("loss" in logs or "eval_loss" in logs):
+                log.info("step %d/%d: %s", state.global_step, state.max_steps, log_line(logs))
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             loss = (metrics or {}).get("eval_loss")
@@ -241,6 +264,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         callbacks=[_callback(log_metrics, on_eval, history, counts)],
     )
     trainer.counts = counts
+    _quiet_progress(trainer)
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         log.info("Resuming from checkpoint %s", resume)

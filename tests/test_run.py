@@ -182,3 +182,34 @@ def test_gradient_checkpointing_and_eager_attention_train_the_same_model(tmp_pat
     reference = curves[(False, "sdpa")]
     for key, curve in curves.items():
         assert max(abs(a - b) for a, b in zip(curve, reference)) < 1e-4, key
+
+
+def test_what_a_run_leaves_behind_and_prints(tmp_path):
+    runs = tmp_path / "runs"
+    out = run_cli(["-m", *TINY, "data=alpaca,dolly", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    recs = records(runs)
+    assert len(recs) == 2
+    # The console: each run's summary with numbers, then the grid's ablation table; no stringified dicts.
+    assert out.stdout.count("  train: loss ") == 2 and "arc_easy/acc" in out.stdout
+    assert "Ablation table of this grid" in out.stdout and "| alpaca |" in out.stdout and "| dolly |" in out.stdout
+    assert "'loss': '" not in out.stdout + out.stderr
+    assert "Overwriting default num_fewshot" not in out.stdout + out.stderr
+    import csv
+
+    index = {row["name"]: row for row in csv.DictReader((runs / "index.csv").open())}
+    for r in recs:
+        folder = Path(r["run_dir"])
+        assert index[r["name"]]["status"] == "finished" and index[r["name"]]["path"] == r["run_dir"]
+        assert float(index[r["name"]]["arc_easy/acc"]) == round(r["eval"]["arc_easy"]["acc"]["value"], 4)
+        assert (runs / "by-name" / r["name"]).resolve() == folder.resolve()
+        assert "data=" in " ".join(r["overrides"])
+        assert (folder / ".hydra" / "config.yaml").is_file() and (folder / ".hydra" / "hydra.yaml").is_file()
+        assert "lr: 0.0002" in (folder / ".hydra" / "config.yaml").read_text()
+        assert "step 1/4: loss " in (folder / "run.log").read_text()
+        # lm-eval's own outputs, in its own format: prompts and log-likelihoods per item
+        [results] = (folder / "lm_eval" / "model").glob("results_*.json")
+        assert "arc_easy" in json.loads(results.read_text())["results"]
+        [samples] = (folder / "lm_eval" / "model").glob("samples_arc_easy_*.jsonl")
+        first = json.loads(samples.read_text().splitlines()[0])
+        assert {"doc", "arguments", "resps", "target"} <= set(first)

@@ -26,6 +26,7 @@ def record_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
         if isinstance(config.get(group), dict):
             row[group] = config[group].get("name")
     row["baseline"] = bool(config.get("baseline", False))
+    row["group"] = record.group
     for task, metrics in (record.eval or {}).items():
         for metric, v in metrics.items():
             row[f"eval/{task}/{metric}"] = v.get("value")
@@ -41,7 +42,7 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, Counter]:
     """Finished runs as rows; failed, pruned and running ones counted, not kept."""
     rows, excluded = [], Counter()
     for path in sorted(Path(runs_dir).rglob("record.json")):
-        if "previous" in path.parts:  # results a force=true re-run moved aside
+        if "previous" in path.parts or "by-name" in path.parts:  # moved aside by force=true; readable links
             continue
         try:
             record = read_record(path.parent)
