@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -65,7 +66,11 @@ def refuse_grids_under_torchrun() -> None:
                           "tasks_per_node, or python -m sft_lab.sweep --workers N)")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# Absolute, so the config is found however the entry point is launched (python -m, sft-lab-run, completion).
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from sft_lab.pipeline import run
 

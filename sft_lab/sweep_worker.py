@@ -8,11 +8,16 @@ Every worker takes queued trials from the same study until none is left (see sft
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+# Absolute, so the config is found however the entry point is launched (python -m, sft-lab-run, completion).
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-@hydra.main(config_path="../conf", config_name="sweep_worker", version_base="1.3")
+
+@hydra.main(config_path=CONF_DIR, config_name="sweep_worker", version_base="1.3")
 def main(cfg: DictConfig) -> int:
     import sft_lab.config  # noqa: F401
     from sft_lab.sweep.cli import _quiet_optuna

@@ -294,7 +294,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "trained_on": counts.sources,
         "resumed_from": resume,
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),  # as the model ran
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),  # as the model ran
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }

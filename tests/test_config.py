@@ -140,3 +140,22 @@ def test_accelerate_configs_load_in_accelerate():
     for path in sorted((ROOT / "conf" / "accelerate").glob("*.yaml")):
         config = ClusterConfig.from_yaml_file(path)
         assert config.num_processes >= 1, path
+
+
+def test_console_scripts_run_from_anywhere_and_complete_on_tab(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user's shell has it
+    for script in ("sft-lab-run", "sft-lab-sweep", "sft-lab-table", "sft-lab-export"):
+        out = subprocess.run([str(bin_dir / script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, (script, out.stderr[-2000:])
+    # Hydra's bash completion, as `eval "$(sft-lab-run -sc install=bash)"` wires it into the shell
+    for line, want in (("sft-lab-run dat", "data="), ("sft-lab-run data=al", "data=alpaca_dolly"),
+                       ("sft-lab-run train.pac", "train.packing=")):
+        out = subprocess.run([str(bin_dir / "sft-lab-run"), "-sc", "query=bash"], cwd=tmp_path,
+                             env={**env, "COMP_LINE": line}, capture_output=True, text=True)
+        assert want in out.stdout.split(), (line, out.stdout, out.stderr[-1000:])
