@@ -141,6 +141,7 @@ class TrackingConfig:
     project: str = "sft-lab"
     entity: Optional[str] = None
     group: Optional[str] = None  # null: one group per multirun
+    log_weights: Optional[bool] = None  # the adapter as a W&B artifact; null: when online
 
 
 @dataclass

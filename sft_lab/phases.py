@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from sft_lab import distributed, index
 from sft_lab import record as rec
 from sft_lab.record import RunRecord
+from sft_lab.tracking import sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,10 @@ def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
         evaluate(cfg, model, inputs, run_dir, record)
         tracker.table("eval/results", ["task", "metric", "value", "stderr"],
                       [[t, m, v["value"], v["stderr"]] for t, ms in record.eval.items() for m, v in ms.items()])
+        for samples in sorted((run_dir / "samples").glob("*.jsonl")):
+            tracker.table(f"eval/samples/{samples.stem}", *sample_rows(samples))
         tracker.summary(_summary(record))
+        tracker.weights(record.artifacts.get("weights"), record.name)
         status = "finished"
         log.info("Finished: %s", run_dir / rec.RECORD)
         return record
@@ -227,7 +231,7 @@ def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
         raise
     finally:
         finish(run_dir, record, status, error)
-        tracker.finish(failed=status == "failed")
+        tracker.finish(status)
 
 
 def _summary(record: RunRecord) -> dict:

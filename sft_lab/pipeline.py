@@ -88,7 +88,7 @@ def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earli
     from sft_lab.tracking import start_tracker
 
     try:
-        tracker = start_tracker(cfg.tracking, record.name, group, config, run_dir, cfg.paths.runs_dir)
+        tracker = start_tracker(cfg.tracking, record, cfg.paths.runs_dir)
     except BaseException as e:
         phases.finish(run_dir, record, "failed", e)
         raise

@@ -74,11 +74,13 @@ def collect_wandb(path: str, group: str | None) -> tuple[pd.DataFrame, Counter]:
             row[group_name] = config.get(f"{group_name}.name")
         row["baseline"] = bool(config.get("baseline", False))
         for k, v in summary.items():
-            if k.startswith("eval.") and k.count(".") >= 2:
-                _, task, metric = k.split(".", 2)
+            sep = "/" if k.startswith("eval/") else "." if k.startswith("eval.") else None  # "." before v0.2
+            if sep and k.count(sep) >= 2:
+                _, task, metric = k.split(sep, 2)
                 row[f"eval/{task}/{metric}"] = v
-                row[f"stderr/{task}/{metric}"] = summary.get(f"eval_stderr.{task}.{metric}")
-        row.update({"train.tokens_seen": summary.get("train.tokens_seen"), "train.wall_s": summary.get("train.wall_s"),
+                row[f"stderr/{task}/{metric}"] = summary.get(f"eval_stderr{sep}{task}{sep}{metric}")
+        row.update({"train.tokens_seen": summary.get("train/tokens_seen", summary.get("train.tokens_seen")),
+                    "train.wall_s": summary.get("train/wall_s", summary.get("train.wall_s")),
                     "status": "finished", "run_dir": None, "fingerprint": run.id,
                     "protocol": json.dumps({k: config.get(f"eval.{k}") for k in
                                             ("limit", "num_fewshot", "apply_chat_template")}, sort_keys=True)})
