@@ -28,7 +28,7 @@ def _user_text(msg: dict) -> str:
 def render_segments(conv: list[dict], template, tokenizer) -> list[tuple[str, bool]]:
     """[(text, trained)] for a whole conversation."""
     if template.native:
-        return _native_segments(conv, tokenizer)
+        return _native_segments(conv, tokenizer, template.system)
     eos = tokenizer.eos_token or ""
 
     def fill(s: str, content: str = "", extra: str = "") -> str:
@@ -72,10 +72,12 @@ def _whitespace_to_answers(segments: list[tuple[str, bool]]) -> list[tuple[str, 
     return out
 
 
-def _native_segments(conv: list[dict], tokenizer) -> list[tuple[str, bool]]:
+def _native_segments(conv: list[dict], tokenizer, system: str = "") -> list[tuple[str, bool]]:
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError("template=native: this tokenizer has no chat template; pick alpaca, chatml, vicuna or plain")
     msgs = [{"role": m["role"], "content": _user_text(m) if m["role"] == "user" else m["content"]} for m in conv]
+    if system and not (msgs and msgs[0]["role"] == "system"):  # template.system: the run's system prompt
+        msgs = [{"role": "system", "content": system}, *msgs]
     segments, done = [], ""
     for i, msg in enumerate(msgs):
         if msg["role"] != "assistant":

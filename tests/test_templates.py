@@ -50,3 +50,16 @@ def test_truncation_is_reported(tokenizer):
     template = compose(["template=alpaca"]).template
     t = tokenise(CONV, template, tokenizer, 10)
     assert t.truncated and len(t.input_ids) == 10
+
+
+@pytest.mark.parametrize("template, system, shows", [
+    ("native", "You answer in one word.", "<|im_start|>system\nYou answer in one word.<|im_end|>"),
+    ("chatml", "<|im_start|>system\nBe brief.<|im_end|>\n", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user"),
+    ("vicuna", "You are terse. ", "You are terse. USER:"),
+])
+def test_a_system_prompt_per_template(template, system, shows, tokenizer):
+    conv = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."}]
+    t = compose([f"template={template}"]).template
+    t.system = system
+    text = "".join(s for s, _ in render_segments(conv, t, tokenizer))
+    assert shows in text and text.count(system.strip()) == 1
