@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
     needs_builtin = any(t not in ours for t in tasks) and not eval_cfg.include_path
     manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
+    from sft_lab.scoring import ContinuationLM
+
+    scorer = HFLM if os.environ.get("SFT_LAB_LM_EVAL_HF") in ("1", "true") else ContinuationLM  # HFLM: to compare
+    lm = scorer(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
     from lm_eval.loggers import EvaluationTracker
 
     lm_eval_tracker = EvaluationTracker(output_path=str(run_dir / "lm_eval"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from sft_lab import distributed
 from sft_lab.files import atomic_write
+from sft_lab.templates import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 class Trained:
     metrics: dict[str, Any]
     pruned: bool = False  # on_eval asked to stop (a pruned sweep trial)
+
+
+# Loss on label positions only (see CountingTrainer); SFT_LAB_FULL_LOGITS=1 restores transformers' own
+# full-logits loss, for benchmarks/label_positions.py and for debugging.
+LABEL_POSITIONS_ONLY = os.environ.get("SFT_LAB_FULL_LOGITS", "") not in ("1", "true")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -124,7 +131,28 @@ def _trainer_class():
             if mask is not None and mask.dim() == 4:  # packed rows: the additive mask in the model's dtype
                 dtype = next(model.parameters()).dtype
                 inputs["attention_mask"] = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            if not (model.training and LABEL_POSITIONS_ONLY and "labels" in inputs and not args
+                    and not kwargs.get("return_outputs")):
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            return self._label_positions_loss(model, inputs, kwargs.get("num_items_in_batch"))
+
+        def _label_positions_loss(self, model, inputs, num_items_in_batch):
+            """The LM head and cross-entropy on the positions that have a label only (the answers), not on
+            the prompt and padding: the same loss and gradients, less compute. Scaled as Trainer scales
+            a model's own loss (per label token over the accumulated batch, across devices)."""
+            labels = inputs.pop("labels")
+            hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            target = labels[:, 1:]
+            keep = target != IGNORE
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            logits = head(hidden[:, :-1][keep]).float()
+            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+                return loss / keep.sum().clamp(min=1)
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+            return loss
 
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,17 @@ def test_what_a_run_leaves_behind_and_prints(tmp_path):
         [samples] = (folder / "lm_eval" / "model").glob("samples_arc_easy_*.jsonl")
         first = json.loads(samples.read_text().splitlines()[0])
         assert {"doc", "arguments", "resps", "target"} <= set(first)
+
+
+def test_loss_on_label_positions_only_trains_exactly_like_the_full_logits_loss(tmp_path):
+    """sft-lab skips the LM head on prompt and padding positions; the training must not change."""
+    args = [*TINY, "eval.tasks=[heldout]", "train.grad_accum=2", "lr=1e-2"]
+    curves = {}
+    for side, env in (("label_only", {}), ("full", {"SFT_LAB_FULL_LOGITS": "1"})):
+        runs = tmp_path / side
+        out = subprocess.run([sys.executable, "-m", "sft_lab.run", *args, f"paths.runs_dir={runs}"], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        [r] = records(runs)
+        curves[side] = [c["loss"] for c in r["train"]["loss_curve"]]
+    assert max(abs(a - b) for a, b in zip(curves["label_only"], curves["full"])) < 1e-5

@@ -1,0 +1,47 @@
+"""sft-lab's evaluation scores only continuation positions; per item it must agree with lm-eval's `hf` model."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose
+
+
+def per_item(model, tokenizer, cls, tasks_dir, limit):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=8)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["arc_easy", "piqa"], limit=limit, log_samples=True,
+                                  task_manager=TaskManager(include_path=[str(tasks_dir)], include_defaults=False),
+                                  bootstrap_iters=0)
+    return {t: [[r[0] for r in s["resps"]] for s in rows] for t, rows in out["samples"].items()}, out["results"]
+
+
+def check_against_hf(model_name: str, tmp_path, limit: int) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    from sft_lab.models import load_model, load_tokenizer
+    from sft_lab.scoring import ContinuationLM
+    from sft_lab.tasks import write_tasks
+
+    cfg = compose([f"model={model_name}"])
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval()
+    write_tasks(tmp_path, cfg.paths.data_dir, [])
+    want, want_results = per_item(model, tokenizer, HFLM, tmp_path, limit)
+    got, got_results = per_item(model, tokenizer, ContinuationLM, tmp_path, limit)
+    for task in want:
+        pairs = [(a, b) for wa, ga in zip(want[task], got[task]) for a, b in zip(wa, ga)]
+        assert len(pairs) >= limit * 2
+        assert max(abs(a[0] - b[0]) for a, b in pairs) < 1e-4, task  # log-likelihood per choice
+        assert all(a[1] == b[1] for a, b in pairs), task  # greedy match
+        assert got_results[task]["acc,none"] == want_results[task]["acc,none"]
+
+
+def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path):
+    check_against_hf("tiny", tmp_path, limit=20)
+
+
+@pytest.mark.slow
+def test_continuation_scoring_matches_lm_eval_hf_on_smollm2(tmp_path):
+    check_against_hf("smollm2_135m", tmp_path, limit=20)
