@@ -35,14 +35,23 @@ DEFAULT_SIDES = "sft_lab,plain_trainer,trl"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+def matmul_peak_gflops(n: int = 2048, reps: int = 10, gpu: bool = False) -> float:
+    """fp32 on the CPU threads; bf16 on the GPU (n=8192)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    if gpu:
+        n, reps = 8192, 50
+        a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    else:
+        a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
+    if gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    if gpu:
+        torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
@@ -56,7 +65,7 @@ def setup(args):
     from sft_lab.templates import render_prompt
 
     torch.manual_seed(0)
-    cfg = compose(["data=alpaca", f"data.examples={args.steps * args.batch_size}"])
+    cfg = compose(["data=alpaca", f"data.examples={args.steps * args.batch_size}", *args.model.split()])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = load_model(cfg.model, tok, cfg.paths.cache_dir, seed=0)
     mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), seed=0)
@@ -82,10 +91,12 @@ class CountingCollator:
         return out
 
 
-def training_args(args, cls, out_dir, **extra):
+def training_args(args, cls, out_dir, own_precision: bool = False, **extra):
+    """own_precision: leave bf16 to the class's own default (TRL as a user gets it)."""
+    precision = {} if own_precision else {"bf16": args.gpu}
     return cls(output_dir=out_dir, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                learning_rate=2e-4, warmup_steps=0, logging_steps=10_000, save_strategy="no", report_to=[],
-               use_cpu=True, seed=0, disable_tqdm=True, **extra)
+               use_cpu=not args.gpu, seed=0, disable_tqdm=True, **precision, **extra)
 
 
 def run_side(side: str, args) -> dict:
@@ -103,7 +114,7 @@ def run_side(side: str, args) -> dict:
                          warmup_steps=0, logging_steps=10_000, save_steps=10_000)
         from omegaconf import OmegaConf
 
-        metrics = train(lora(model), tok, data, OmegaConf.create(train_cfg), 2e-4, 0, Path(out_dir))
+        metrics = train(lora(model), tok, data, OmegaConf.create(train_cfg), 2e-4, 0, Path(out_dir)).metrics
         wall, padded = metrics["wall_s"], metrics["padded_tokens"]
         real = sum(s["tokens"] for s in metrics["trained_on"].values())
     elif side == "plain_trainer":
@@ -131,9 +142,9 @@ def run_side(side: str, args) -> dict:
                                 for _, p, a in examples])
         # TRL's defaults are bf16 and gradient checkpointing; side `trl` holds it to fp32 (bf16 is slower on
         # this CPU) without checkpointing, as on the other sides.
-        own = {} if side == "trl_defaults" else {"bf16": False, "gradient_checkpointing": False}
-        sft_args = training_args(args, SFTConfig, out_dir, max_length=args.max_length, completion_only_loss=True,
-                                 packing=False, **own)
+        own = {} if side == "trl_defaults" else {"gradient_checkpointing": False}
+        sft_args = training_args(args, SFTConfig, out_dir, own_precision=side == "trl_defaults",
+                                 max_length=args.max_length, completion_only_loss=True, packing=False, **own)
         trainer = SFTTrainer(model=lora(model), args=sft_args, train_dataset=ds, processing_class=tok)
         trainer.data_collator = collator = CountingCollator(trainer.data_collator)
         start = time.perf_counter()
@@ -153,13 +164,15 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--sides", default=DEFAULT_SIDES, help=f"comma-separated, from {','.join(SIDES)}")
     parser.add_argument("--side", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 on every side (benchmarks/gpu_throughput.py)")
+    parser.add_argument("--model", default="", help="Hydra overrides for the model, e.g. 'model=tiny model.arch.hidden_size=576'")
     args = parser.parse_args()
     if args.side:
         print("RESULT " + json.dumps(run_side(args.side, args)))
         return
     import torch
 
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(gpu=args.gpu)
     sides = args.sides.split(",")
     if set(sides) - set(SIDES):
         parser.error(f"--sides: unknown {sorted(set(sides) - set(SIDES))}; choose from {', '.join(SIDES)}")
@@ -168,7 +181,8 @@ def main() -> None:
         results = {}
         for side in sides if r % 2 == 0 else sides[::-1]:  # alternate the order between rounds
             out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--batch-size",
-                                  str(args.batch_size), "--max-length", str(args.max_length)],
+                                  str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
+                                  *(["--gpu"] if args.gpu else [])],
                                  capture_output=True, text=True, cwd=ROOT)
             line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
             if not line:
@@ -187,13 +201,15 @@ def main() -> None:
         }
     ratios = {f"sft_lab_vs_{s}": round(statistics.median(r["sft_lab"]["real_tok_s"] / r[s]["real_tok_s"] for r in rounds), 2)
               for s in sides if s != "sft_lab" and "sft_lab" in sides}
-    print(f"SmolLM2-135M LoRA r8, batch {args.batch_size}, max_length {args.max_length}, {args.steps} steps, "
+    device = torch.cuda.get_device_name() if args.gpu else "CPU"
+    print(f"{device}: SmolLM2-135M {args.model or ''} LoRA r8, batch {args.batch_size}, max_length {args.max_length}, {args.steps} steps, "
           f"{args.rounds} rounds, torch threads {torch.get_num_threads()}, matmul peak {peak:.0f} GFLOP/s")
     print("| side | real tok/s | padded tok/s | padding | peak RSS MB | MFU |")
     print("|---|---|---|---|---|---|")
     for side, s in summary.items():
         print(f"| {side} | {s['real_tok_s']} | {s['padded_tok_s']} | {s['padding_fraction']:.1%} | {s['peak_rss_mb']} | {s['mfu']:.1%} |")
-    print(json.dumps({"benchmark": "train_throughput", "matmul_peak_gflops": round(peak), "steps": args.steps,
+    print(json.dumps({"benchmark": "gpu_throughput" if args.gpu else "train_throughput", "device": device,
+                      "model": args.model or "smollm2_135m", "matmul_peak_gflops": round(peak), "steps": args.steps,
                       "batch_size": args.batch_size, "max_length": args.max_length, "sides": summary, **ratios}))
 
 

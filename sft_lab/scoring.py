@@ -59,7 +59,7 @@ class ContinuationLM(HFLM):
                 for row, i in enumerate(batch):
                     n, k = len(inputs[i]), len(requests[i][2])
                     spans.append(hidden[row, n - k:n])
-                logprobs = F.log_softmax(head(torch.cat(spans)).float(), dim=-1)
+                logprobs = F.log_softmax(head(torch.cat(spans).to(head.weight.dtype)).float(), dim=-1)
             offset = 0
             for i in batch:
                 k = len(requests[i][2])

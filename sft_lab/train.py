@@ -145,7 +145,7 @@ def _trainer_class():
             target = labels[:, 1:]
             keep = target != IGNORE
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            logits = head(hidden[:, :-1][keep]).float()
+            logits = head(hidden[:, :-1][keep].to(head.weight.dtype)).float()
             loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
             if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
                 return loss / keep.sum().clamp(min=1)

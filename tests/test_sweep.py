@@ -214,3 +214,13 @@ def test_multi_gpu_trials_are_refused_not_ignored(tmp_path, capsys):
     spec.write_text("study_name: x\nspace: {lr: {type: float, low: 1.0e-5, high: 1.0e-3}}\n")
     assert main([str(spec), "--gpus-per-trial", "2", "--workers", "0"]) == 2
     assert "--gpus-per-trial 2" in capsys.readouterr().err
+
+
+def test_a_sweep_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
+    from sft_lab.sweep.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("study_name: x\nspace: {lr: {type: float, low: 1.0e-5, high: 1.0e-3}}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in each rank
+    assert main([str(spec), "--workers", "2"]) == 2
+    assert "under torchrun" in capsys.readouterr().err

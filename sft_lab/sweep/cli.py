@@ -106,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n_trials is not None and args.n_trials < 1:
             raise SweepError(f"--n-trials must be at least 1, got {args.n_trials}")
+        from sft_lab import distributed
+
+        if distributed.world_size() > 1:
+            raise SweepError("python -m sft_lab.sweep under torchrun / accelerate launch: a sweep starts its own "
+                             "workers (--workers N, one GPU each); launch it as a plain process")
         if args.gpus_per_trial != 1:
             raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: a trial runs in its worker's process on one "
                              "GPU; multi-GPU trials (each through torchrun) are not supported yet. Use one GPU per "
