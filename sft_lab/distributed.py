@@ -1,8 +1,8 @@
 """Data-parallel runs under `torchrun`, `accelerate launch` or a multi-task Slurm job: which process does what.
 
 Every rank composes the same config, computes the same fingerprint, loads the same inputs and trains
-its share of every batch (transformers' Trainer runs DDP, or FSDP / DeepSpeed from an accelerate
-config). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the weights and runs
+its share of every batch (transformers' Trainer runs DDP; FSDP and DeepSpeed are not supported yet:
+rank 0 could not save or evaluate sharded weights alone). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the weights and runs
 lm-eval; the other ranks wait at a barrier after training and exit 0. Outside a launcher every
 function here is a no-op, so one process behaves as before.
 """

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from sft_lab import distributed, index
 from sft_lab import record as rec
 from sft_lab.record import RunRecord
-from sft_lab.tracking import sample_rows
+from sft_lab.tracking import lora_label, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ def run_name(config: dict[str, Any]) -> str:
     """A readable name from the usual ablation factors."""
     if config.get("baseline"):
         return f"{config['model']['name']}-base"
-    lora = f"r{config['lora']['r']}" if config["lora"]["r"] else "full"
-    return f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora}-lr{config['lr']:g}-s{config['seed']}"
+    return (f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora_label(config)}"
+            f"-lr{config['lr']:g}-s{config['seed']}")
 
 
 @dataclass

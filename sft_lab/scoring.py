@@ -24,7 +24,7 @@ class ContinuationLM(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
-        self._score_batched(requests, list(range(len(requests))), override_bs, results, pbar)
+        self._score_batched(requests, override_bs, results, pbar)
         pbar.close()
         return results
 
@@ -37,12 +37,12 @@ class ContinuationLM(HFLM):
             self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
         pbar.update(1)
 
-    def _score_batched(self, requests, indices: list[int], override_bs, results: list, pbar) -> None:
+    def _score_batched(self, requests, override_bs, results: list, pbar) -> None:
         """Requests batched by tokens, the longest first."""
         budget = int(override_bs or self.batch_size if str(self.batch_size) != "auto" else 16) * TOKENS_PER_ROW
         # (context + continuation) cut to the model's window, last token dropped: as HFLM builds it
-        inputs = {i: (requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in indices}
-        order = sorted(indices, key=lambda i: -len(inputs[i]))
+        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for _, ctx, cont in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
         head = self.model.get_output_embeddings()
         start = 0
         while start < len(order):

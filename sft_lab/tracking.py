@@ -27,13 +27,17 @@ def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, An
     return out
 
 
+def lora_label(config: dict[str, Any]) -> str:
+    """`r8`, or `full` for full fine-tuning: as run names and tags show it."""
+    return f"r{config['lora']['r']}" if config["lora"]["r"] else "full"
+
+
 def tags(record) -> list[str]:
     """The factors a researcher filters by, as `key=value` tags."""
     c = record.config
     if c.get("baseline"):
         return ["baseline", f"model={c['model']['name']}"]
-    lora = f"r{c['lora']['r']}" if c["lora"]["r"] else "full"
-    out = [f"data={c['data']['name']}", f"template={c['template']['name']}", f"lora={lora}", f"lr={c['lr']:g}"]
+    out = [f"data={c['data']['name']}", f"template={c['template']['name']}", f"lora={lora_label(c)}", f"lr={c['lr']:g}"]
     return out + ([f"study={record.sweep['study']}"] if record.sweep else [])
 
 
