@@ -132,6 +132,10 @@ class EvalConfig:
     apply_chat_template: bool = False
     include_path: Optional[str] = None  # a user's own lm-eval task folder
     log_samples: bool = True  # per-item results, kept in the run folder
+    # own: the `heldout` task scores the run's own mixture's split. all: also heldout_<source> for every
+    # local instruction set (conf/data/all_local.yaml), the same items for every run: a transfer matrix.
+    heldout: str = "own"
+    heldout_max_tokens: Optional[int] = None  # heldout_<source> items up to this many tokens (null: the model's window)
 
 
 @dataclass
@@ -207,7 +211,9 @@ def _check_known_keys(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key."""
+    """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key.
+
+    eval.heldout=all is spelt out in eval.tasks here, so the record lists every task evaluated."""
     _check_known_keys(cfg)
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got lr={cfg.lr}")
@@ -327,12 +333,34 @@ def _validate_data(data: DataConfig) -> None:
                           "size is their sum, so drop one")
 
 
+HELDOUT_PREFIX = "heldout_"
+
+
+def heldout_sources() -> Dict[str, Any]:
+    """The local instruction sets, by name, that heldout_<name> tasks score: conf/data/all_local.yaml's sources."""
+    data = OmegaConf.load(CONF_DIR / "data" / "all_local.yaml")
+    return {name: OmegaConf.merge(OmegaConf.structured(SourceConfig), src) for name, src in data.sources.items()}
+
+
+def expand_heldout(ev: EvalConfig) -> None:
+    """eval.heldout=all appends heldout_<source> for every local instruction set to eval.tasks."""
+    if ev.heldout not in ("own", "all"):
+        raise ConfigError(f"eval.heldout must be 'own' or 'all', got {ev.heldout!r}")
+    if ev.heldout == "all":
+        ev.tasks = list(ev.tasks) + [f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()
+                                     if f"{HELDOUT_PREFIX}{s}" not in ev.tasks]
+
+
 def _validate_eval(ev: EvalConfig) -> None:
+    expand_heldout(ev)
+    if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
+        raise ConfigError(f"eval.heldout_max_tokens must be > 0 or null, got {ev.heldout_max_tokens}")
     if ev.limit is not None and ev.limit <= 0:
         raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
     if ev.include_path and not Path(ev.include_path).is_dir():
         raise ConfigError(f"eval.include_path={ev.include_path!r} is not a folder")
-    known = shipped_task_names() | (user_task_names(ev.include_path) if ev.include_path else set())
+    known = (shipped_task_names() | {f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()}
+             | (user_task_names(ev.include_path) if ev.include_path else set()))
     unknown = [t for t in ev.tasks if t not in known]
     if unknown:
         unknown = [t for t in unknown if t not in builtin_task_names()]

@@ -267,13 +267,30 @@ def build_mixture(data_cfg, data_dir: str, seed: int) -> Mixture:
         raise DataError(f"data={data_cfg.name!r}: the mixture came out empty (per-source counts {counts}, "
                         f"examples available {{{', '.join(f'{n}: {len(p)}' for n, p in pools.items())}}})")
     rng.shuffle(train)
-    heldout = [ex for name in heldouts for ex in heldouts[name]]
-    random.Random(0).shuffle(heldout)  # not the run seed: the held-out set is the same for every seed
-    heldout = heldout[: data_cfg.heldout_max]
+    heldout = first_heldout([ex for name in heldouts for ex in heldouts[name]], data_cfg.heldout_max)
     for name in accounting:
         accounting[name]["heldout_used"] = sum(ex.source == name for ex in heldout)
     fp = fingerprint_data(data_cfg, sources, provenance, seed)
     return Mixture(train=train, heldout=heldout, sources=accounting, fingerprint=fp)
+
+
+def first_heldout(held: list[Example], limit: int) -> list[Example]:
+    """A fixed draw of `limit` held-out examples: not the run seed, so every seed sees the same test set."""
+    held = list(held)
+    random.Random(0).shuffle(held)
+    return held[:limit]
+
+
+def heldout_split(name: str, src, data_cfg, data_dir: str, keep=lambda ex: True) -> list[Example]:
+    """One source's held-out examples (task heldout_<name>), whatever the run trains on; `keep` filters
+    them before the draw (e.g. those that fit the model's window).
+
+    The split is by a hash of the prompt, with the run's data.heldout_fraction, so these prompts are in
+    no source's training pool: a prompt two sources share (Alpaca and Alpaca-GPT4) is held out of both.
+    """
+    examples, _ = dedupe(load_source(name, src, data_dir)[0])
+    return first_heldout([ex for ex in examples if is_heldout(ex.conversation, data_cfg.heldout_fraction) and keep(ex)],
+                         data_cfg.heldout_max)
 
 
 def fingerprint_data(data_cfg, sources: dict, provenance: dict, seed: int) -> str:

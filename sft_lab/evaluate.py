@@ -41,7 +41,7 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
         return {}, {"tasks": []}
     include = [str(tasks_dir)] + ([str(Path(eval_cfg.include_path).resolve())] if eval_cfg.include_path else [])
     ours = shipped_task_names()
-    needs_builtin = any(t not in ours for t in tasks) and not eval_cfg.include_path
+    needs_builtin = any(t not in ours and not t.startswith("heldout_") for t in tasks) and not eval_cfg.include_path
     manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
     model.eval()
     from sft_lab.scoring import ContinuationLM

@@ -44,6 +44,7 @@ class Inputs:
     mixture: Any = None  # None for a base-model run that needs no data
     data: Any = None  # the tokenised mixture
     heldout_rows: Optional[list[dict[str, str]]] = None  # rendered (prompt, answer) for the held-out task
+    heldout_sets: Optional[dict[str, list[dict[str, str]]]] = None  # the same for each heldout_<source> task
 
 
 # ---------------------------------------------------------------- setup
@@ -51,7 +52,8 @@ class Inputs:
 
 def setup(cfg) -> Inputs:
     """Load and check the data, template, tasks and model; any bad input fails here, before a record exists."""
-    from sft_lab.data import DataError, build_mixture
+    from sft_lab.config import HELDOUT_PREFIX, heldout_sources
+    from sft_lab.data import DataError, build_mixture, heldout_split
     from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
     from sft_lab.tasks import check_benchmark_files
     from sft_lab.templates import render_prompt
@@ -79,7 +81,23 @@ def setup(cfg) -> Inputs:
                             "data.heldout_fraction or drop heldout from eval.tasks.")
     model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
     device, dtype = pick_device_and_dtype(cfg.model.dtype)
-    return Inputs(tokenizer, model, device, dtype, mixture, data, heldout_rows)
+    window = min(getattr(model.config, "max_position_embeddings", None) or 2048, cfg.eval.heldout_max_tokens or 1 << 30)
+
+    def render(ex) -> dict[str, str]:
+        return dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
+
+    def fits(ex) -> bool:  # past the model's window an item would be scored on a cut-off answer
+        return len(tokenizer("".join(render(ex).values())).input_ids) <= window
+
+    heldout_sets = {}
+    for task in [t for t in cfg.eval.tasks if t.startswith(HELDOUT_PREFIX)]:
+        name = task[len(HELDOUT_PREFIX):]
+        examples = heldout_split(name, heldout_sources()[name], cfg.data, cfg.paths.data_dir, keep=fits)
+        if not examples:
+            raise DataError(f"eval.tasks has {task!r}, but {name} holds no held-out examples at "
+                            f"data.heldout_fraction={cfg.data.heldout_fraction}")
+        heldout_sets[task] = [render(ex) for ex in examples]
+    return Inputs(tokenizer, model, device, dtype, mixture, data, heldout_rows, heldout_sets)
 
 
 # ---------------------------------------------------------------- start
@@ -92,7 +110,8 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
     from sft_lab.templates import render_prompt
 
     write_tasks(run_dir / "tasks", cfg.paths.data_dir, inputs.heldout_rows or [],
-                render=lambda conv: render_prompt(conv, cfg.template, inputs.tokenizer))
+                render=lambda conv: render_prompt(conv, cfg.template, inputs.tokenizer),
+                heldout_sets=inputs.heldout_sets)
     mixture, data = inputs.mixture, inputs.data
     record = RunRecord(
         status="running", fingerprint=fp, run_dir=str(run_dir), config=config, name=run_name(config), group=group,

@@ -34,7 +34,8 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-cor
 ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit"): False,
                ("train", "gradient_checkpointing"): False, ("train", "epochs"): None, ("train", "packing"): False,
                ("train", "train_on_prompt"): False, ("train", "neftune_alpha"): None,
-               ("train", "optimizer"): "adamw_torch", ("lora", "use_dora"): False, ("lora", "use_rslora"): False}
+               ("train", "optimizer"): "adamw_torch", ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
+               ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None}
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def fingerprint(config: dict[str, Any]) -> str:
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     if config.get("baseline"):  # nothing is trained: one base run per model and eval protocol
         drop = {"lora", "train", "lr", "seed"}
-        if "heldout" not in config.get("eval", {}).get("tasks", []):
+        if not any(t.startswith("heldout") for t in config.get("eval", {}).get("tasks", [])):  # items from data
             drop |= {"data", "template"}
         semantic = {k: v for k, v in semantic.items() if k not in drop}
     blob = json.dumps(semantic, sort_keys=True, default=str)

@@ -58,6 +58,9 @@ class ContinuationLM(HFLM):
                 spans = []
                 for row, i in enumerate(batch):
                     n, k = len(inputs[i]), len(requests[i][2])
+                    if k > n:
+                        raise ValueError(f"a continuation of {k} tokens does not fit the model's {self.max_length}-"
+                                         f"token window (request {requests[i][0]!r:.200})")
                     spans.append(hidden[row, n - k:n])
                 logprobs = F.log_softmax(head(torch.cat(spans).to(head.weight.dtype)).float(), dim=-1)
             offset = 0

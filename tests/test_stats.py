@@ -122,3 +122,22 @@ def test_holm_order_and_values():
     p = [0.01, 0.04, 0.03, 0.005]
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert math.isnan(holm([0.01, math.nan])[1]) and holm([0.01, math.nan])[0] == pytest.approx(0.01)
+
+
+def test_against_the_fixed_base_model_holds_its_level_and_finds_a_shift():
+    """The base model has no seeds: its one run is exact. Trained arms vary by seed and by item × arm."""
+    rng = np.random.default_rng(5)
+    k, draws = 200, 400
+
+    def trained(base, effect):
+        return (base + rng.normal(0, 0.2, (1, k)) + rng.normal(0, 0.3, (3, 1)) + rng.normal(0, 0.5, (3, k))
+                + effect)
+
+    false = found = 0
+    for _ in range(draws):
+        base = rng.normal(0, 1.0, (1, k))
+        false += compare(trained(base, 0.0), base, b_fixed=True).p < 0.05
+        found += compare(trained(base, 1.5), base, b_fixed=True).p < 0.05
+    assert 0.02 <= false / draws <= 0.08, false / draws
+    assert found / draws >= 0.8, found / draws
+    assert compare(trained(base, 0.0)[:1], base, b_fixed=True) is None  # one seed: its variance unknown

@@ -26,12 +26,14 @@ def parse_args(argv=None):
     p.add_argument("--rows", required=True, help="factor keys for the rows, e.g. data or lr,lora.r")
     p.add_argument("--cols", default="eval", help="eval (one column per task) or a factor key (its levels, on the Average)")
     p.add_argument("--metric", help="metric to show per task (default: acc, or loss for heldout)")
-    p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for significance")
+    p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for significance; base: the base model")
     p.add_argument("--seeds", default="seed", help="the key whose values are replicates (default: seed)")
     p.add_argument("--filter", action="append", default=[], help="KEY=VALUE; repeatable")
     p.add_argument("--format", default="md", choices=sorted(tbl.RENDERERS))
-    p.add_argument("--out", help="write the table (or the plot, with --plot) here instead of stdout")
-    p.add_argument("--plot", choices=["heatmap", "bars", "scatter"])
+    p.add_argument("--out", help="write the table (or the plot, with --plot: .png or .svg) here instead of stdout")
+    p.add_argument("--plot", choices=["heatmap", "bars", "scatter"], help=(
+        "heatmap: one --rows key gives rows x eval columns, two give key1 x key2 on the Average; bars: every "
+        "benchmark column, one bar per row; scatter: held-out change vs benchmark change from the base model"))
     p.add_argument("--no-base", action="store_true", help="skip the base-model row")
     p.add_argument("--allow-mixed-protocols", action="store_true")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of a folder (online)")
@@ -66,13 +68,16 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
     if not tasks:
         return df.iloc[0:0]
     first = runs.iloc[0]
-    settings = {k: first.get(f"eval.{k}") for k in ("limit", "num_fewshot", "apply_chat_template", "include_path")}
+    keys = [f"eval.{k}" for k in ("limit", "num_fewshot", "apply_chat_template", "include_path")]
+    if any(tbl.is_heldout(t) for t in tasks):  # heldout_<source> items depend on these
+        keys += ["data.heldout_fraction", "data.heldout_max", "eval.heldout_max_tokens"]
+    settings = {k: first.get(k) for k in keys}
     bases = []
     for model in sorted(runs["model"].unique()):
         def matching(frame):
             b = frame[frame["baseline"] & (frame["model"] == model) & (frame["template"] == first["template"])]
             for k, v in settings.items():
-                b = b[b[f"eval.{k}"].map(_override_value) == _override_value(v)]
+                b = b[(b[k] if k in b else pd.Series(None, index=b.index)).map(_override_value) == _override_value(v)]
             return b[b[[f"eval/{t}/acc" for t in tasks if f"eval/{t}/acc" in b]].notna().all(axis=1)] if len(b) else b
         base = matching(df)
         if base.empty:
@@ -81,7 +86,7 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
             template = row.get("template")  # prompts of template-rendered tasks (toy_*) must match the runs'
             preset += [f"template={template}"] if template and (CONF / "template" / f"{template}.yaml").is_file() else []
             overrides = [*preset, f"model.name_or_path={row['model.name_or_path']}", "baseline=true",
-                         f"eval.tasks=[{','.join(tasks)}]", *[f"eval.{k}={_override_value(v)}" for k, v in settings.items()],
+                         f"eval.tasks=[{','.join(tasks)}]", *[f"{k}={_override_value(v)}" for k, v in settings.items()],
                          "tracking=none", f"paths.runs_dir={runs_dir}", f"paths.data_dir={row['paths.data_dir']}"]
             print(f"evaluating the base model {model} once (cached in {runs_dir})", file=sys.stderr)
             out = subprocess.run([sys.executable, "-m", "sft_lab.run", *overrides], capture_output=True, text=True)
@@ -115,7 +120,8 @@ def main(argv=None) -> int:
         runs = df[~df["baseline"]]
         if args.cols != "eval":
             runs = _pivot_runs(runs, args.cols)
-        t = tbl.build(runs, rows, metric=args.metric, ref=_pairs(args.ref, "--ref") or None, base=base,
+        ref = "base" if args.ref == "base" else _pairs(args.ref, "--ref") or None
+        t = tbl.build(runs, rows, metric=args.metric, ref=ref, base=base,
                       allow_mixed=args.allow_mixed_protocols, seeds=args.seeds, excluded=dict(excluded))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -124,10 +130,8 @@ def main(argv=None) -> int:
         from sft_lab.analysis import plots
 
         out = args.out or f"{args.plot}.png"
-        column = "Average" if "Average" in t.columns else t.columns[0]
         try:
-            {"heatmap": lambda: plots.heatmap(t, column, out), "bars": lambda: plots.bars(t, column, out),
-             "scatter": lambda: plots.learning_vs_forgetting(runs, out)}[args.plot]()
+            {"heatmap": plots.heatmap, "bars": plots.bars, "scatter": plots.learning_vs_forgetting}[args.plot](t, out)
         except ValueError as e:
             print(f"error: --plot {args.plot}: {e}", file=sys.stderr)
             return 2
@@ -148,7 +152,7 @@ def _pivot_runs(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     """--cols KEY: one column per level of KEY, on each run's mean accuracy."""
     if key not in runs:
         raise tbl.TableError(f"--cols: unknown key {key!r}")
-    acc = [c for c in runs.columns if c.startswith("eval/") and c.endswith("/acc") and "/heldout/" not in c]
+    acc = [c for c in runs.columns if c.startswith("eval/") and c.endswith("/acc") and not tbl.is_heldout(c.split("/")[1])]
     out = runs.drop(columns=[c for c in runs.columns if c.startswith(("eval/", "stderr/"))]).copy()
     for level in sorted(runs[key].dropna().unique(), key=str):
         out[f"eval/{key}={level}/acc"] = runs[acc].mean(axis=1).where(runs[key] == level)

@@ -146,20 +146,26 @@ class Comparison:
     p: float
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> Optional[Comparison]:
-    """Two arms, runs × items each over the same items (columns paired). None when an arm has one run."""
+def compare(a: np.ndarray, b: np.ndarray, b_fixed: bool = False) -> Optional[Comparison]:
+    """Two arms, runs × items each over the same items (columns paired). None when an arm has one run.
+
+    b_fixed: arm b has no seed variance (the base model: nothing trained, scoring deterministic), so its
+    single run is its exact value on each item and only a's seeds and the items are random.
+    """
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.shape[0] < 2 or b.shape[0] < 2 or a.shape[1] != b.shape[1]:
+    if a.shape[0] < 2 or (b.shape[0] < 2 and not b_fixed) or a.shape[1] != b.shape[1]:
         return None
     ca, cb = components(a), components(b)
     k = a.shape[1]
     d_items = a.mean(axis=0) - b.mean(axis=0)
     item_var = float(d_items.var(ddof=1)) if k > 1 else 0.0
-    interaction = max(0.0, item_var - ca.residual / ca.n_runs - cb.residual / cb.n_runs) if k > 1 else 0.0
-    terms = [(ca.var_run_means / ca.n_runs, ca.n_runs - 1), (cb.var_run_means / cb.n_runs, cb.n_runs - 1),
-             (interaction / k, k - 1)]
+    b_noise = 0.0 if b_fixed else cb.residual / cb.n_runs
+    interaction = max(0.0, item_var - ca.residual / ca.n_runs - b_noise) if k > 1 else 0.0
+    terms = [(ca.var_run_means / ca.n_runs, ca.n_runs - 1), (interaction / k, k - 1)]
+    if not b_fixed:
+        terms.insert(1, (cb.var_run_means / cb.n_runs, cb.n_runs - 1))
     var = sum(t for t, _ in terms)
     diff = float(a.mean() - b.mean())
     if var <= 0:

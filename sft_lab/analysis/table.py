@@ -68,10 +68,15 @@ def pick_metric(df: pd.DataFrame, task: str, metric: Optional[str]) -> Optional[
     have = [c.split("/")[2] for c in df.columns if c.startswith(f"eval/{task}/")]
     if metric and metric in have:
         return metric
-    for m in METRIC_ORDER.get(task, DEFAULT_ORDER):
+    for m in METRIC_ORDER.get("heldout" if is_heldout(task) else task, DEFAULT_ORDER):
         if m in have:
             return m
     return have[0] if have else None
+
+
+def is_heldout(task: str) -> bool:
+    """The run's own held-out split (heldout) or a local set's (heldout_<source>)."""
+    return task == "heldout" or task.startswith("heldout_")
 
 
 def higher_is_better(column: str) -> bool:
@@ -136,7 +141,7 @@ class Items:
         return np.concatenate(parts, axis=1) + np.mean([m.mean() for m in mats])
 
 
-def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: Optional[dict[str, str]] = None,
+def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: Optional[dict[str, str] | str] = None,
           base: Optional[pd.DataFrame] = None, allow_mixed: bool = False, seeds: str = "seed",
           excluded: Optional[dict] = None) -> Table:
     runs = df[~df["baseline"]] if "baseline" in df else df
@@ -202,7 +207,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     for labels, group in runs.groupby(rows, dropna=False, sort=True):
         labels = tuple(_label(x) for x in (labels if isinstance(labels, tuple) else (labels,)))
         row = make_row(labels, group)
-        row.is_ref = bool(ref) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
+        row.is_ref = isinstance(ref, dict) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
         table_rows.append(row)
     all_columns = columns + (["Average"] if acc_columns else [])
     comparable = [c for c in all_columns if c not in differ and (c != "Average" or not any(x in differ for x in acc_columns))]
@@ -255,19 +260,23 @@ def _arm(row: Row, col: str, items: Items, shared: dict, acc_columns: list[str])
     return items.average(dirs, acc_columns, shared) if col == "Average" else items.matrix(dirs, col, shared[col])
 
 
-def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str], items: Items, shared: dict,
+def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str] | str, items: Items, shared: dict,
                   acc_columns: list[str], legend: list[str]) -> None:
-    ref_rows = [r for r in table_rows if r.is_ref]
+    """ref: KEY=VALUE pairs naming one row, or "base": the base model, whose one run is exact (nothing
+    trained, scoring deterministic), so only the other row's seeds and the items are random."""
+    against_base = ref == "base"
+    ref_rows = [r for r in table_rows if (r.is_base if against_base else r.is_ref)]
     if len(ref_rows) != 1:
-        raise TableError(f"--ref {ref} matches {len(ref_rows)} rows; it must match exactly one")
+        raise TableError(f"--ref {ref} matches {len(ref_rows)} rows; it must match exactly one"
+                         + (" (evaluate the base model: drop --no-base)" if against_base else ""))
     ref_row = ref_rows[0]
     tests, untested = [], 0
     for row in table_rows:
         if row.is_ref or row.is_base:
             continue
         for col in columns:
-            result = stats.compare(_arm(row, col, items, shared, acc_columns), _arm(ref_row, col, items, shared,
-                                                                                   acc_columns))
+            result = stats.compare(_arm(row, col, items, shared, acc_columns),
+                                   _arm(ref_row, col, items, shared, acc_columns), b_fixed=against_base)
             if result is None:
                 row.cells[col].untested = True
                 untested += 1
@@ -275,11 +284,17 @@ def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str]
                 tests.append((row, col, result.p))
     for (row, col, _), adj in zip(tests, stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
-    where = ", ".join(f"{k}={v}" for k, v in ref.items())
-    legend.append(f"†: differs from the reference row ({where}) at p < {ALPHA} after a Holm correction across the "
-                  f"{len(tests)} tests in this table; each test treats seeds and eval items as random (a Welch t on "
-                  "the difference of means, its variance from the between-seed spread of both rows plus the "
-                  "item-by-row interaction).")
+    if against_base:
+        legend.append(f"†: differs from the base model at p < {ALPHA} after a Holm correction across the {len(tests)} "
+                      "tests in this table; each test treats seeds and eval items as random (a t on the difference "
+                      "of means, its variance from the row's between-seed spread plus the item-by-row interaction; "
+                      "the base model has no seeds).")
+    else:
+        where = ", ".join(f"{k}={v}" for k, v in ref.items())
+        legend.append(f"†: differs from the reference row ({where}) at p < {ALPHA} after a Holm correction across "
+                      f"the {len(tests)} tests in this table; each test treats seeds and eval items as random (a "
+                      "Welch t on the difference of means, its variance from the between-seed spread of both rows "
+                      "plus the item-by-row interaction).")
     if untested:
         legend.append(f"°: not tested ({untested} cell(s)): this row or the reference has one run, so seed variance "
                       "was not measured and no difference can be claimed. Run more seeds (seed=0,1,2).")
@@ -391,17 +406,43 @@ def to_latex(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_html(t: Table) -> str:
+TABLE_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; }
+table.ablation { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; margin: 1em 0; }
+table.ablation th, table.ablation td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+table.ablation th { border-bottom: 2px solid #333; background: #f6f6f6; position: sticky; top: 0; }
+table.ablation td.label, table.ablation th.label { text-align: left; }
+table.ablation tr.base td { font-style: italic; background: #fafafa; }
+table.ablation tr.power td { border-top: 2px solid #333; color: #555; font-size: 12px; }
+table.ablation tr:hover td { background: #eef4fb; }
+ul.legend { font-size: 12px; color: #444; max-width: 1100px; }
+"""
+
+
+def html_table(t: Table) -> str:
+    """The table as an HTML fragment (class "ablation") with its legend; style it with TABLE_CSS."""
     import html
 
-    head = "".join(f"<th>{html.escape(str(x))}</th>" for x in t.row_keys + t.columns + ["cost"])
-    body = []
     n = len(t.row_keys)
-    for row in _body(t, bold=("<b>", "</b>")):
-        cells = [html.escape(x.replace("*", "")) for x in row[:n]] + row[n:-1] + [html.escape(row[-1])]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f'<th class="label">{html.escape(str(x))}</th>' for x in t.row_keys)
+    head += "".join(f"<th>{html.escape(str(x))}</th>" for x in t.columns + ["cost"])
+    body = []
+    kinds = ["base" if r.is_base else "ref" if r.is_ref else "" for r in t.rows] + (["power"] if t.power else [])
+    for kind, row in zip(kinds, _body(t, bold=("\x00", "\x01"))):
+        esc = [html.escape(x.replace("*", "") if i < n else x).replace("\x00", "<b>").replace("\x01", "</b>")
+               for i, x in enumerate(row)]
+        cells = "".join(f'<td class="label">{c}</td>' if i < n else f"<td>{c}</td>" for i, c in enumerate(esc))
+        body.append(f'<tr class="{kind}">{cells}</tr>' if kind else f"<tr>{cells}</tr>")
     legend = "".join(f"<li>{html.escape(line)}</li>" for line in t.legend)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + f"\n</tbody>\n</table>\n<ul>{legend}</ul>\n"
+    return (f'<table class="ablation">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
+            + f'\n</tbody>\n</table>\n<ul class="legend">{legend}</ul>\n')
+
+
+def to_html(t: Table) -> str:
+    """A self-contained, styled HTML page holding the table and its legend."""
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Ablation table</title>\n'
+            f"<style>{TABLE_CSS}</style>\n</head>\n<body>\n{html_table(t)}</body>\n</html>\n")
 
 
 RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}

@@ -147,7 +147,7 @@ def trial_overrides(spec: SweepSpec, extra: list[str]) -> list[str]:
 
 def check(spec: SweepSpec, extra: list[str]) -> str:
     """Before any trial: every searched key exists, each choice composes, the objective is produced."""
-    from sft_lab.config import compose, validate
+    from sft_lab.config import compose, expand_heldout, validate
 
     for key, p in spec.space.items():
         values = list(p.choices) if p.type == "categorical" else [p.low, p.high]
@@ -159,6 +159,7 @@ def check(spec: SweepSpec, extra: list[str]) -> str:
             except Exception as e:
                 raise SweepError(f"space.{key}={v!r} does not make a valid config: {str(e).splitlines()[0]}") from None
     cfg = compose(trial_overrides(spec, extra))
+    expand_heldout(cfg.eval)
     for name in spec.objective.metrics:
         task, _, metric = name.rpartition(".")
         if not task or task not in cfg.eval.tasks:

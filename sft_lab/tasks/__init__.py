@@ -74,16 +74,23 @@ def check_benchmark_files(tasks: list[str], data_dir: str) -> None:
 
 
 def write_tasks(tasks_dir: Path, data_dir: str, heldout_rows: list[dict[str, str]],
-                render: Optional[Callable] = None) -> None:
+                render: Optional[Callable] = None, heldout_sets: Optional[dict[str, list[dict[str, str]]]] = None
+                ) -> None:
     """The shipped task YAMLs with their paths filled in, the held-out items, and the toy tasks' items.
 
     `render(conversation) -> (prompt, answer)` is the run's template, so toy prompts read as trained.
+    `heldout_sets` maps heldout_<source> to its items; each becomes a task shaped like `heldout`.
     """
     tasks_dir.mkdir(parents=True, exist_ok=True)
     for src in SHIPPED_DIR.glob("*.yaml"):
         (tasks_dir / src.name).write_text(_filled(src.read_text(), data_dir, tasks_dir))
     shutil.copy(SHIPPED_DIR / "heldout_utils.py", tasks_dir / "heldout_utils.py")
     _write_jsonl(tasks_dir / "heldout.jsonl", heldout_rows)
+    heldout_yaml = (tasks_dir / "heldout.yaml").read_text()
+    for task, rows in (heldout_sets or {}).items():
+        text = heldout_yaml.replace("task: heldout\n", f"task: {task}\n").replace("heldout.jsonl", f"{task}.jsonl")
+        (tasks_dir / f"{task}.yaml").write_text(text)
+        _write_jsonl(tasks_dir / f"{task}.jsonl", rows)
     if render is not None:
         from sft_lab import toy
 
