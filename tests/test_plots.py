@@ -17,7 +17,8 @@ def study_table() -> Table:
                                  zip(cols, [0.5, 1.20, 1.10, 0.5], [0.10, 0.05, 0.05, 0.10])}, is_base=True)
 
     def trained(name, values, deltas, ps):
-        return Row((name,), {c: Cell(v, 0.02, 3, delta=d, p=p) for c, v, d, p in zip(cols, values, deltas, ps)},
+        return Row((name,), {c: Cell(v, 0.04, 3, delta=d, delta_half=0.02, p=p)
+                             for c, v, d, p in zip(cols, values, deltas, ps)},
                    cost="10k tok, 60 s")
 
     rows = [base, trained("alpaca", [0.51, 1.00, 1.08, 0.51], [0.01, -0.20, -0.02, 0.01], [0.9, 0.001, 0.4, 0.9]),

@@ -72,7 +72,7 @@ def test_protocol_guard_refuses_mixed_protocols(grid, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, marker", [("md", "| data |"), ("csv", "data,"), ("latex", r"\toprule"),
-                                         ("html", "<table>")])
+                                         ("html", '<table class="ablation">')])
 def test_every_format_writes(grid, tmp_path, fmt, marker):
     out_file = tmp_path / f"table.{fmt}"
     out = table(grid, "--rows", "data", "--format", fmt, "--out", out_file)
@@ -80,12 +80,22 @@ def test_every_format_writes(grid, tmp_path, fmt, marker):
     assert marker in out_file.read_text()
 
 
-@pytest.mark.parametrize("kind, rows", [("heatmap", "data,lr"), ("bars", "data"), ("scatter", "data")])
-def test_plots_write_pngs(grid, tmp_path, kind, rows):
-    png = tmp_path / f"{kind}.png"
-    out = table(grid, "--rows", rows, "--plot", kind, "--out", png)
+@pytest.mark.parametrize("kind, rows, labels", [("heatmap", "data,lr", [">lr<", ">0.003<"]),
+                                                 ("heatmap", "data", [">dolly<", "arc_easy"]),
+                                                 ("bars", "data", [">base model<", ">alpaca<", "arc_easy"])])
+def test_plots_write_labelled_figures(grid, tmp_path, kind, rows, labels):
+    svg = tmp_path / f"{kind}.svg"
+    out = table(grid, "--rows", rows, "--plot", kind, "--out", svg)
     assert out.returncode == 0, out.stderr
+    assert all(label in svg.read_text() for label in labels)
+    png = tmp_path / f"{kind}.png"
+    assert table(grid, "--rows", rows, "--plot", kind, "--out", png).returncode == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scatter_without_a_shared_heldout_set_says_why(grid, tmp_path):
+    out = table(grid, "--rows", "data", "--plot", "scatter", "--out", tmp_path / "s.png")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "heldout" in out.stderr
 
 
 def test_main_effects(grid):
@@ -108,9 +118,9 @@ def test_pooled_factors_show_in_every_cell(grid):
     assert "Rows pool over: lr" in out.stdout
 
 
-def test_heatmap_with_one_row_key_is_a_clear_error_and_latex_is_a_float(grid, tmp_path):
-    out = table(grid, "--rows", "data", "--plot", "heatmap", "--out", tmp_path / "h.png", "--no-base")
-    assert out.returncode == 2 and "exactly two --rows keys" in out.stderr and "Traceback" not in out.stderr
+def test_heatmap_with_three_row_keys_is_a_clear_error_and_latex_is_a_float(grid, tmp_path):
+    out = table(grid, "--rows", "data,lr,seed", "--plot", "heatmap", "--out", tmp_path / "h.png", "--no-base")
+    assert out.returncode == 2 and "one or two --rows keys" in out.stderr and "Traceback" not in out.stderr
     out = table(grid, "--rows", "data", "--format", "latex", "--no-base")
     assert out.returncode == 0, out.stderr
     assert r"\begin{table}" in out.stdout and r"\caption{" in out.stdout

@@ -70,7 +70,9 @@ def heatmap(table: Table, out: str, columns: Optional[list[str]] = None):
         cols = columns or [c for c in table.columns if c != "Average"]
         cells = [[r.cells.get(c) for c in cols] for r in rows]
         xlabels, ylabels = [_column_title(c).replace(" (", "\n(") for c in cols], [row_label(r) for r in rows]
-        xname, yname, what = "eval column", table.row_keys[0], "the column's metric"
+        metrics = {c.rpartition("/")[2] for c in cols}
+        xname, yname = "eval column", table.row_keys[0]
+        what = metrics.pop().replace("_", " ") if len(metrics) == 1 else "the column's metric"
     grid = [[_value(c, has_base) if c else math.nan for c in line] for line in cells]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.5 * len(xlabels) + 2.5, 0.55 * len(ylabels) + 2))
@@ -89,12 +91,14 @@ def heatmap(table: Table, out: str, columns: Optional[list[str]] = None):
             if c is not None and not math.isnan(grid[i][j]):
                 text = f"{grid[i][j]:+.3f}" if has_base else f"{grid[i][j]:.3f}"
                 text += "†" if _marked(c) else ""
-                text += f"\n±{c.half:.3f}" if c.half is not None else ""
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="black" if has_base or abs(grid[i][j]) < 0.8 * max(finite) else "white")
+                half = c.delta_half if has_base else c.half
+                text += f"\n±{half:.3f}" if half is not None else ""
+                strong = abs(grid[i][j]) > 0.6 * max(finite) if has_base else grid[i][j] < min(finite) + 0.4 * (
+                    max(finite) - min(finite))  # dark cells get white text
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if strong else "black")
     label = f"Δ {what} vs base model" if has_base else what
     fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(f"{label}: mean ± 95% CI over seeds and items" + (f"; † p < {ALPHA} (Holm)" if any(
+    ax.set_title(f"{label}" + (" (Δ ± 95% CI)" if has_base else " (mean ± 95% CI)") + (f"; † p < {ALPHA} (Holm)" if any(
         _marked(c) for line in cells for c in line if c) else ""), fontsize=9)
     return _save(fig, out)
 
@@ -162,8 +166,8 @@ def learning_vs_forgetting(table: Table, out: str):
         raise ValueError("--plot scatter needs runs with a held-out column and at least one benchmark accuracy")
     if not any(r.is_base for r in table.rows):
         raise ValueError("--plot scatter shows changes from the base model; drop --no-base")
-    points = [Point(row_label(r), r.cells[held].delta, r.cells[held].half, r.cells["Average"].delta,
-                    r.cells["Average"].half) for r in table.rows if not r.is_base
+    points = [Point(row_label(r), r.cells[held].delta, r.cells[held].delta_half, r.cells["Average"].delta,
+                    r.cells["Average"].delta_half) for r in table.rows if not r.is_base
               and r.cells[held].delta is not None and r.cells["Average"].delta is not None]
     if not points:
         raise ValueError(f"--plot scatter: no row has a Δ on {held} and Average (its items differ from the base's)")

@@ -145,6 +145,13 @@ class Comparison:
     df: float
     p: float
 
+    @property
+    def half(self) -> float:
+        """Half-width of the difference's 95% CI."""
+        from scipy import stats
+
+        return float(stats.t.ppf(0.975, self.df) * self.se) if self.se > 0 else 0.0
+
 
 def compare(a: np.ndarray, b: np.ndarray, b_fixed: bool = False) -> Optional[Comparison]:
     """Two arms, runs × items each over the same items (columns paired). None when an arm has one run.

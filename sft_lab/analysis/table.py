@@ -24,7 +24,7 @@ LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
 METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
 DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
-               "train.wall_s", "baseline", "group")
+               "train.wall_s", "train.final_loss", "baseline", "group", "name")
 ALPHA = 0.05
 
 
@@ -39,6 +39,7 @@ class Cell:
     n: int = 0  # runs
     basis: str = "seeds+items"  # what the interval covers: seeds+items | items | runs
     delta: Optional[float] = None  # vs the base model
+    delta_half: Optional[float] = None  # the Δ's 95% CI half-width (tested against the base: --ref base)
     p: Optional[float] = None  # Holm-adjusted, vs the reference row
     untested: bool = False  # a test was wanted but one arm has one run (seed variance not measured)
     best: bool = False
@@ -282,6 +283,8 @@ def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str]
                 untested += 1
             else:
                 tests.append((row, col, result.p))
+                if against_base:
+                    row.cells[col].delta_half = result.half
     for (row, col, _), adj in zip(tests, stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
     if against_base:
