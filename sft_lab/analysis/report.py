@@ -80,6 +80,21 @@ def analyse(runs_dir: str, rows: Optional[list[str]] = None, filters: Optional[l
     return Study(runs_dir, runs, base_df, rows, tables, dict(excluded))
 
 
+def cost(study: Study) -> str:
+    """What the study cost, from the records: wall time per run (start to end, evaluation included) and in all."""
+    def wall(df: pd.DataFrame) -> pd.Series:
+        fmt = "%Y-%m-%dT%H:%M:%S%z"
+        return (pd.to_datetime(df["ended"], format=fmt) - pd.to_datetime(df["started"], format=fmt)).dt.total_seconds()
+
+    runs, base = wall(study.runs), wall(study.base) if not study.base.empty else pd.Series(dtype=float)
+    total = runs.sum() + base.sum()
+    text = (f"{len(runs)} trained runs, {runs.mean() / 60:.1f} min each from start to end (training "
+            f"{study.runs['train.wall_s'].mean():.0f} s of it, {study.runs['train.tokens_seen'].mean():,.0f} tokens)")
+    if len(base):
+        text += f", plus the base model's evaluation, {base.sum() / 60:.1f} min"
+    return text + f": {total / 3600:.2f} h in all."
+
+
 # ---------------------------------------------------------------- figures
 
 
@@ -201,7 +216,7 @@ def render_html(study: Study, out: Path) -> str:
     legends = list({line.split(":")[0]: line for t in reversed(study.tables.values()) for line in t.legend}.values())
     parts = [f"<h1>sft-lab report: {html.escape(str(study.runs_dir))}</h1>",
              f'<p class="meta">{len(study.runs)} runs, rows by {html.escape(" × ".join(study.rows))}; generated '
-             f"{time.strftime('%Y-%m-%d %H:%M')}</p>",
+             f"{time.strftime('%Y-%m-%d %H:%M')}. Cost: {html.escape(cost(study))}</p>",
              '<div class="legend-box"><b>How to read the tables.</b> ± is a 95% confidence interval over seeds and '
              "eval items; Δ is the change from the base model; † marks a change from the base model that is "
              "significant at p &lt; 0.05 after a Holm correction across the table; ° marks a cell that cannot be "
@@ -262,7 +277,7 @@ def study_main(argv=None) -> int:
         write_report(study, out / "report.html", figures_dir=out)
         titles = {"benchmarks": "Benchmarks (accuracy)", "heldout": "Held-out sets (bits per byte)"}
         (out / "table.md").write_text("\n".join(f"### {titles[n]}\n\n{tbl.to_markdown(t)}"
-                                                for n, t in study.tables.items()))
+                                                for n, t in study.tables.items()) + f"\nCost: {cost(study)}\n")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

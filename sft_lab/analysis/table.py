@@ -24,7 +24,7 @@ LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
 METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
 DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
-               "train.wall_s", "train.final_loss", "baseline", "group", "name")
+               "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended")
 ALPHA = 0.05
 
 
