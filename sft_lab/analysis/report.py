@@ -88,7 +88,7 @@ def cost(study: Study) -> str:
 
     runs, base = wall(study.runs), wall(study.base) if not study.base.empty else pd.Series(dtype=float)
     total = runs.sum() + base.sum()
-    text = (f"{len(runs)} trained runs, {runs.mean() / 60:.1f} min each from start to end (training "
+    text = (f"{len(runs)} trained run{'s' * (len(runs) != 1)}, {runs.mean() / 60:.1f} min each from start to end (training "
             f"{study.runs['train.wall_s'].mean():.0f} s of it, {study.runs['train.tokens_seen'].mean():,.0f} tokens)")
     if len(base):
         text += f", plus the base model's evaluation, {base.sum() / 60:.1f} min"
@@ -168,6 +168,7 @@ def _protocol(study: Study) -> dict[str, str]:
         return default if v is None or (isinstance(v, float) and pd.isna(v)) else v
 
     shots = sorted({str(v) for v in (protocol.get("n_shot") or {}).values()})
+    held_n = min(int(x) for x in (protocol.get("limit"), get("data.heldout_max", None)) if x is not None)
     return {
         "model": f"{get('model')} ({get('model.name_or_path')})",
         "training": f"LoRA r={get('lora.r')}, lr={get('lr')}, {get('train.max_steps')} steps of batch "
@@ -177,9 +178,9 @@ def _protocol(study: Study) -> dict[str, str]:
         "few-shot": ", ".join(shots) or "0",
         "chat template": str(protocol.get("apply_chat_template")),
         "held-out sets": (f"heldout_<source>: the data.heldout_fraction={get('data.heldout_fraction')} split of each "
-                          f"local set by prompt hash (never trained on by any run), first {get('data.heldout_max')} "
-                          f"after a fixed shuffle, up to {get('eval.heldout_max_tokens', 'the window')} tokens; "
-                          "bits per byte of the reference answer"),
+                          f"local set by prompt hash (never trained on by any run): up to {held_n} items of up to "
+                          f"{get('eval.heldout_max_tokens', 'the window')} tokens, after a fixed shuffle; bits per "
+                          "byte of the reference answer"),
         "lm-eval": str(protocol.get("lm_eval_version")),
         "runs": f"{len(study.runs)} trained ({', '.join(f'{n} {s}' for s, n in study.excluded.items()) or 'none'} "
                 f"excluded), {len(study.base)} base-model run",
@@ -215,7 +216,7 @@ def _figure(path: Path, caption: str) -> str:
 def render_html(study: Study, out: Path) -> str:
     legends = list({line.split(":")[0]: line for t in reversed(study.tables.values()) for line in t.legend}.values())
     parts = [f"<h1>sft-lab report: {html.escape(str(study.runs_dir))}</h1>",
-             f'<p class="meta">{len(study.runs)} runs, rows by {html.escape(" × ".join(study.rows))}; generated '
+             f'<p class="meta">{len(study.runs)} trained run{"s" * (len(study.runs) != 1)}, rows by {html.escape(" × ".join(study.rows))}; generated '
              f"{time.strftime('%Y-%m-%d %H:%M')}. Cost: {html.escape(cost(study))}</p>",
              '<div class="legend-box"><b>How to read the tables.</b> ± is a 95% confidence interval over seeds and '
              "eval items; Δ is the change from the base model; † marks a change from the base model that is "
