@@ -205,15 +205,49 @@ def test_workers_are_pinned_one_gpu_each_and_share_cores_without_gpus():
     assert worker_layout(2, [], 2) == [{"threads": "1"}, {"threads": "1"}]  # CPU: as before
     with pytest.raises(SweepError, match="one worker per GPU"):
         worker_layout(3, ["0", "1"], 16)
+    # two GPUs per trial: worker i gets the i-th pair
+    assert [w["CUDA_VISIBLE_DEVICES"] for w in worker_layout(2, ["4", "5", "6", "7"], 16, per_trial=2)] == ["4,5", "6,7"]
+    with pytest.raises(SweepError, match="needs 6 GPUs; 4 visible"):
+        worker_layout(3, ["4", "5", "6", "7"], 16, per_trial=2)
 
 
-def test_multi_gpu_trials_are_refused_not_ignored(tmp_path, capsys):
-    from sft_lab.sweep.cli import main
+def test_gpus_per_trial_runs_torchrun_on_gpus_and_in_process_on_cpu(tmp_path):
+    from sft_lab.sweep.cli import procs_per_trial
+    from sft_lab.sweep.spec import SweepError
 
-    spec = tmp_path / "s.yaml"
-    spec.write_text("study_name: x\nspace: {lr: {type: float, low: 1.0e-5, high: 1.0e-3}}\n")
-    assert main([str(spec), "--gpus-per-trial", "2", "--workers", "0"]) == 2
-    assert "--gpus-per-trial 2" in capsys.readouterr().err
+    pruned = load_spec(sweep_file(tmp_path))
+    unpruned = load_spec(sweep_file(tmp_path, pruner={"type": "none"}))
+    assert procs_per_trial(2, ["0", "1"], unpruned) == 2
+    assert procs_per_trial(2, [], unpruned) == 1  # CPU: as before, in the worker's process
+    assert procs_per_trial(1, ["0"], pruned) == 1
+    with pytest.raises(SweepError, match="pruner"):  # its held-out losses would not reach the pruner
+        procs_per_trial(2, ["0", "1"], pruned)
+    with pytest.raises(SweepError, match="at least 1"):
+        procs_per_trial(0, [], pruned)
+
+
+@pytest.mark.e2e
+def test_a_multi_gpu_trial_is_one_torchrun_job(tmp_path, monkeypatch):
+    """The --gpus-per-trial K path, run here on CPU through gloo: the trial's run is torchrun over 2 processes."""
+    from optuna.trial import TrialState
+
+    from sft_lab.sweep.queue import open_storage, open_study, top_up
+    from sft_lab.sweep.trial import worker
+
+    runs = tmp_path / "runs"
+    spec = load_spec(sweep_file(tmp_path, n_trials=1, pruner={"type": "none"}))
+    extra = [*SWEEP_OVERRIDES, f"paths.runs_dir={runs}"]
+    check(spec, extra)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    top_up(open_study(open_storage(storage), "lr", spec), spec, 1)
+    monkeypatch.chdir(tmp_path)
+    assert worker(spec, storage, "lr", extra, procs=2) == 1
+    (trial,) = study_trials(storage)
+    assert trial.state == TrialState.COMPLETE
+    record = json.loads((Path(trial.user_attrs["run_dir_seed0"]) / "record.json").read_text())
+    assert record["env"]["world_size"] == 2 and record["status"] == "finished"
+    assert record["sweep"] == {"study": "lr", "trial": 0, "state": "complete"}
+    assert trial.value == pytest.approx(record["eval"]["heldout"]["loss"]["value"])
 
 
 def test_a_sweep_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):

@@ -60,21 +60,36 @@ def _visible_gpus() -> list[str]:
     return named[:n] if len(named) >= n else [str(i) for i in range(n)]
 
 
-def worker_layout(workers: int, gpus: list[str], cores: int) -> list[dict[str, str]]:
-    """Per worker: the GPU it is pinned to (CUDA_VISIBLE_DEVICES) and its share of the CPU threads.
+def worker_layout(workers: int, gpus: list[str], cores: int, per_trial: int = 1) -> list[dict[str, str]]:
+    """Per worker: the GPUs it is pinned to (CUDA_VISIBLE_DEVICES) and its share of the CPU threads.
 
-    With GPUs, worker i gets the i-th visible GPU; more workers than GPUs is refused (two runs on one
-    GPU only slow each other down). Without GPUs, the workers share the cores, as before."""
-    if gpus and workers > len(gpus):
-        raise SweepError(f"--workers {workers} with {len(gpus)} GPU(s) visible ({','.join(gpus)}): "
-                         "one worker per GPU at most")
+    With GPUs, worker i gets the i-th block of `per_trial` visible GPUs; asking for more than there are is
+    refused (two runs on one GPU only slow each other down). Without GPUs, the workers share the cores."""
+    if gpus and workers * per_trial > len(gpus):
+        raise SweepError(f"--workers {workers} x --gpus-per-trial {per_trial} needs {workers * per_trial} GPUs; "
+                         f"{len(gpus)} visible ({','.join(gpus)}): one worker per GPU (block) at most")
     layout = []
     for i in range(max(workers, 0)):
         env = {"threads": str(max(1, cores // max(workers, 1)))}
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * per_trial:(i + 1) * per_trial])
         layout.append(env)
     return layout
+
+
+def procs_per_trial(gpus_per_trial: int, gpus: list[str], spec) -> int:
+    """Processes per trial run: K GPUs through torchrun; on CPU one, in the worker's process, as before."""
+    if gpus_per_trial < 1:
+        raise SweepError(f"--gpus-per-trial must be at least 1, got {gpus_per_trial}")
+    if gpus_per_trial == 1:
+        return 1
+    if not gpus:
+        log.warning("--gpus-per-trial %d: no GPU visible, so each trial runs in its worker's process", gpus_per_trial)
+        return 1
+    if spec.pruner.get("type", "median") != "none":
+        raise SweepError(f"--gpus-per-trial {gpus_per_trial}: each trial is a torchrun job whose held-out losses do "
+                         "not reach the worker's pruner; set pruner: {type: none} in the sweep file")
+    return gpus_per_trial
 
 
 def parse_args(argv: list[str] | None = None):
@@ -89,7 +104,8 @@ def parse_args(argv: list[str] | None = None):
                         help="local worker processes (0: only create and queue). On a GPU node worker i gets its own "
                              "GPU(s) through CUDA_VISIBLE_DEVICES; on CPU the workers share the cores")
     parser.add_argument("--gpus-per-trial", type=int, default=1,
-                        help="GPUs pinned to each worker (default 1); --workers × this must fit the node's GPUs")
+                        help="GPUs per trial (default 1); above 1 each trial run is a torchrun job over that many "
+                             "GPUs; --workers × this must fit the node's GPUs")
     parser.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
     parser.add_argument("--study-name", help="defaults to the sweep file's study_name")
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
@@ -111,19 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.world_size() > 1:
             raise SweepError("python -m sft_lab.sweep under torchrun / accelerate launch: a sweep starts its own "
                              "workers (--workers N, one GPU each); launch it as a plain process")
-        if args.gpus_per_trial != 1:
-            raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: a trial runs in its worker's process on one "
-                             "GPU; multi-GPU trials (each through torchrun) are not supported yet. Use one GPU per "
-                             "worker, or launch multi-GPU runs with torchrun -m sft_lab.run.")
-        layout = worker_layout(args.workers, _visible_gpus(), len(os.sched_getaffinity(0)))
         spec = load_spec(args.sweep_file)
+        gpus = _visible_gpus()
+        procs = procs_per_trial(args.gpus_per_trial, gpus, spec)
+        layout = worker_layout(args.workers, gpus, len(os.sched_getaffinity(0)), procs)
         name = args.study_name or spec.study_name
         if args.worker_only:
             if args.threads:
                 import torch
 
                 torch.set_num_threads(args.threads)
-            worker(spec, args.storage, name, args.overrides)
+            worker(spec, args.storage, name, args.overrides, procs)
             return 0
         runs_dir = check(spec, args.overrides)
         storage_url = args.storage or spec.storage or f"sqlite:///{Path(runs_dir).resolve()}/optuna.db"
@@ -137,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.workers == 1:
-        worker(spec, storage_url, name, args.overrides)
+        worker(spec, storage_url, name, args.overrides, procs)
     elif args.workers > 1:
         cmd = [sys.executable, "-m", "sft_lab.sweep", args.sweep_file, *args.overrides, "--storage", storage_url,
-               "--study-name", name, "--worker-only"]
+               "--study-name", name, "--worker-only", "--gpus-per-trial", str(procs)]
         procs = []
         for env in layout:
             log.info("worker %d: %s", len(procs), ", ".join(f"{k}={v}" for k, v in env.items()))

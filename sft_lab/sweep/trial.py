@@ -42,8 +42,9 @@ def objective_value(record, metrics: list[str]) -> float:
     return sum(values) / len(values)
 
 
-def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None:
-    """One trial: every seed through the run pipeline; tells the study complete / pruned / failed."""
+def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str, procs: int = 1) -> None:
+    """One trial: every seed through the run pipeline (a torchrun job over `procs` processes when above 1);
+    tells the study complete / pruned / failed."""
     import optuna
 
     from sft_lab import record as rec
@@ -60,11 +61,15 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str) -> None
     try:
         params = suggest(trial, spec)
         for i, seed in enumerate(spec.seeds):
-            cfg = compose([*trial_overrides(spec, extra), *params, f"seed={seed}"])
+            overrides = [*trial_overrides(spec, extra), *params, f"seed={seed}"]
+            cfg = compose(overrides)
             run_dir = rec.run_dir_for(cfg.paths.runs_dir, rec.fingerprint(to_container(cfg)))
             trial.set_user_attr(f"run_dir_seed{seed}", str(run_dir))
             sweep_info = {"study": study_name, "trial": trial.number, "state": "running"}
-            record = run_when_free(cfg, study_name, sweep_info, on_eval if i == 0 else None)
+            if procs > 1:
+                record = run_distributed(overrides, procs, run_dir, study_name, sweep_info)
+            else:
+                record = run_when_free(cfg, study_name, sweep_info, on_eval if i == 0 else None)
             if record.status == "pruned":  # pruned now, or a reused pruned record: never re-run as if new
                 pruned = True
                 break
@@ -100,6 +105,38 @@ def run_when_free(cfg, study_name: str, sweep_info: dict, on_eval):
             time.sleep(5)
 
 
+def run_distributed(overrides: list[str], procs: int, run_dir: Path, study_name: str, sweep_info: dict):
+    """`torchrun --nproc_per_node=procs -m sft_lab.run` on the trial's overrides, in the worker's GPUs; a
+    finished record is reused, as in one process. Returns the run's record."""
+    import os
+    import subprocess
+    import sys
+
+    from sft_lab import record as rec
+
+    earlier = rec.read_record(run_dir)
+    if earlier and earlier.done:
+        return earlier
+    group = [] if any(o.startswith("tracking.group=") for o in overrides) else [f"tracking.group={study_name}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "sft_lab.run", *overrides, *group]
+    log.info("trial run on %d processes: %s", procs, " ".join(cmd[5:]))
+    while True:
+        out = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
+        record = rec.read_record(run_dir)
+        if out.returncode == 0 or "RunLocked" not in out.stderr or (record and record.done):
+            break
+        log.info("same config running in another worker; waiting to reuse its record")
+        time.sleep(5)
+    if out.returncode != 0 or record is None or not record.done:
+        raise RuntimeError(f"torchrun run exited {out.returncode} ({record.status if record else 'no record'}): "
+                           f"{out.stderr.strip()[-1500:]}")
+    if record.sweep is None:  # made by this trial: say so, as an in-process run's record does
+        record.sweep = sweep_info
+        rec.write_record(run_dir, record)
+    return record
+
+
 def _mark_records(trial, study_name: str, state: str) -> None:
     """Write the trial's final state into the records it created (not into reused ones)."""
     from sft_lab import record as rec
@@ -113,14 +150,14 @@ def _mark_records(trial, study_name: str, state: str) -> None:
             rec.write_record(Path(run_dir), r)
 
 
-def worker(spec: SweepSpec, storage_url: str, study_name: str, extra: list[str]) -> int:
-    """Take queued trials until none is left; returns how many this worker ran."""
+def worker(spec: SweepSpec, storage_url: str, study_name: str, extra: list[str], procs: int = 1) -> int:
+    """Take queued trials until none is left (each run over `procs` processes); returns how many it ran."""
     with storage_lock(storage_url):
         storage = open_storage(storage_url)
         study = open_study(storage, study_name, spec)
     done = 0
     while (trial := claim_queued_trial(study, spec)) is not None:
         with Heartbeat(trial):
-            run_trial(trial, spec, extra, study_name)
+            run_trial(trial, spec, extra, study_name, procs)
         done += 1
     return done
