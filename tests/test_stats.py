@@ -141,3 +141,14 @@ def test_against_the_fixed_base_model_holds_its_level_and_finds_a_shift():
     assert 0.02 <= false / draws <= 0.08, false / draws
     assert found / draws >= 0.8, found / draws
     assert compare(trained(base, 0.0)[:1], base, b_fixed=True) is None  # one seed: its variance unknown
+
+
+def test_two_seeds_with_equal_means_do_not_make_a_one_item_change_significant():
+    """Seen in the study: both seeds scored 21/60, each flipping a different item against the base model."""
+    base = np.zeros((1, 60))
+    base[0, :22] = 1
+    a = np.repeat(base, 2, axis=0)
+    a[0, 0] = 0
+    a[1, 1] = 0  # each seed loses one (different) item: run means are equal, so their spread is 0
+    result = compare(a, base, b_fixed=True)
+    assert result.se > 0 and result.p > 0.05

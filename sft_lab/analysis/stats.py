@@ -153,6 +153,16 @@ class Comparison:
         return float(stats.t.ppf(0.975, self.df) * self.se) if self.se > 0 else 0.0
 
 
+def _run_term(c: Components) -> tuple[float, float]:
+    """An arm mean's variance from its runs, with its df. Each run mean carries the seed×item noise
+    (residual / items) at least; with few seeds the spread of run means can fall below that by chance (two
+    seeds with equal means give 0), which would make any difference look exact, so it is floored there."""
+    floor = c.residual / c.n_items if c.n_items > 1 else 0.0
+    if c.var_run_means >= floor:
+        return c.var_run_means / c.n_runs, c.n_runs - 1
+    return floor / c.n_runs, (c.n_runs - 1) * (c.n_items - 1)
+
+
 def compare(a: np.ndarray, b: np.ndarray, b_fixed: bool = False) -> Optional[Comparison]:
     """Two arms, runs × items each over the same items (columns paired). None when an arm has one run.
 
@@ -170,9 +180,9 @@ def compare(a: np.ndarray, b: np.ndarray, b_fixed: bool = False) -> Optional[Com
     item_var = float(d_items.var(ddof=1)) if k > 1 else 0.0
     b_noise = 0.0 if b_fixed else cb.residual / cb.n_runs
     interaction = max(0.0, item_var - ca.residual / ca.n_runs - b_noise) if k > 1 else 0.0
-    terms = [(ca.var_run_means / ca.n_runs, ca.n_runs - 1), (interaction / k, k - 1)]
+    terms = [_run_term(ca), (interaction / k, k - 1)]
     if not b_fixed:
-        terms.insert(1, (cb.var_run_means / cb.n_runs, cb.n_runs - 1))
+        terms.insert(1, _run_term(cb))
     var = sum(t for t, _ in terms)
     diff = float(a.mean() - b.mean())
     if var <= 0:
