@@ -129,7 +129,7 @@ def interval(y: np.ndarray, confidence: float = 0.95) -> Estimate:
     c = components(y)
     y = np.asarray(y, float)
     if c.n_runs > 1:
-        terms = [(c.var_run_means / c.n_runs, c.n_runs - 1), (c.item / c.n_items, c.n_items - 1)]
+        terms = [_run_term(c), (c.item / c.n_items, c.n_items - 1)]
     else:
         terms = [(c.var_item_means / c.n_items, c.n_items - 1)]
     var = sum(t for t, _ in terms)
