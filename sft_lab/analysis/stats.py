@@ -158,9 +158,7 @@ def _run_term(c: Components) -> tuple[float, float]:
     (residual / items) at least; with few seeds the spread of run means can fall below that by chance (two
     seeds with equal means give 0), which would make any difference look exact, so it is floored there."""
     floor = c.residual / c.n_items if c.n_items > 1 else 0.0
-    if c.var_run_means >= floor:
-        return c.var_run_means / c.n_runs, c.n_runs - 1
-    return floor / c.n_runs, (c.n_runs - 1) * (c.n_items - 1)
+    return max(c.var_run_means, floor) / c.n_runs, c.n_runs - 1  # the df stay the seeds': their spread is unknown
 
 
 def compare(a: np.ndarray, b: np.ndarray, b_fixed: bool = False) -> Optional[Comparison]:
