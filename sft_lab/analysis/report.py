@@ -88,11 +88,14 @@ def cost(study: Study) -> str:
 
     runs, base = wall(study.runs), wall(study.base) if not study.base.empty else pd.Series(dtype=float)
     total = runs.sum() + base.sum()
+    both = pd.concat([study.runs, study.base])
+    fmt = "%Y-%m-%dT%H:%M:%S%z"
+    span = (pd.to_datetime(both["ended"], format=fmt).max() - pd.to_datetime(both["started"], format=fmt).min())
     text = (f"{len(runs)} trained run{'s' * (len(runs) != 1)}, {runs.mean() / 60:.1f} min each from start to end (training "
             f"{study.runs['train.wall_s'].mean():.0f} s of it, {study.runs['train.tokens_seen'].mean():,.0f} tokens)")
     if len(base):
         text += f", plus the base model's evaluation, {base.sum() / 60:.1f} min"
-    return text + f": {total / 3600:.2f} h in all."
+    return text + f": {total / 3600:.2f} h in all, {span.total_seconds() / 3600:.2f} h from the first start to the last end."
 
 
 # ---------------------------------------------------------------- figures
