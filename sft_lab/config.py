@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sft_lab.errors import UserError
-from sft_lab.tasks import builtin_task_names, shipped_task_names, user_task_names
+from sft_lab.tasks import HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
 
 
 class ConfigError(UserError):
@@ -331,9 +331,6 @@ def _validate_data(data: DataConfig) -> None:
     if "examples" in modes and (data.examples is not None or data.tokens is not None):
         raise ConfigError("data.examples/data.tokens size a weighted mixture; with per-source examples the "
                           "size is their sum, so drop one")
-
-
-HELDOUT_PREFIX = "heldout_"
 
 
 def heldout_sources() -> Dict[str, Any]:

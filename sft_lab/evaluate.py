@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sft_lab.record import jsonable
-from sft_lab.tasks import shipped_task_names
+from sft_lab.tasks import HELDOUT_PREFIX, shipped_task_names
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
         return {}, {"tasks": []}
     include = [str(tasks_dir)] + ([str(Path(eval_cfg.include_path).resolve())] if eval_cfg.include_path else [])
     ours = shipped_task_names()
-    needs_builtin = any(t not in ours and not t.startswith("heldout_") for t in tasks) and not eval_cfg.include_path
+    needs_builtin = any(t not in ours and not t.startswith(HELDOUT_PREFIX) for t in tasks) and not eval_cfg.include_path
     manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
     model.eval()
     from sft_lab.scoring import ContinuationLM

@@ -52,10 +52,10 @@ class Inputs:
 
 def setup(cfg) -> Inputs:
     """Load and check the data, template, tasks and model; any bad input fails here, before a record exists."""
-    from sft_lab.config import HELDOUT_PREFIX, heldout_sources
+    from sft_lab.config import heldout_sources
     from sft_lab.data import DataError, build_mixture, heldout_split
     from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
-    from sft_lab.tasks import check_benchmark_files
+    from sft_lab.tasks import HELDOUT_PREFIX, check_benchmark_files
     from sft_lab.templates import render_prompt
     from sft_lab.tokens import tokenise_mixture
 

@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from sft_lab.errors import UserError
 from sft_lab.files import atomic_write
+from sft_lab.tasks import is_heldout
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
@@ -45,7 +46,7 @@ def fingerprint(config: dict[str, Any]) -> str:
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     if config.get("baseline"):  # nothing is trained: one base run per model and eval protocol
         drop = {"lora", "train", "lr", "seed"}
-        if not any(t.startswith("heldout") for t in config.get("eval", {}).get("tasks", [])):  # items from data
+        if not any(is_heldout(t) for t in config.get("eval", {}).get("tasks", [])):  # items from the data
             drop |= {"data", "template"}
         semantic = {k: v for k, v in semantic.items() if k not in drop}
     blob = json.dumps(semantic, sort_keys=True, default=str)

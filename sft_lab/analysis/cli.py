@@ -14,6 +14,7 @@ import pandas as pd
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.collect import collect, collect_wandb
 from sft_lab.errors import UserError
+from sft_lab.tasks import is_heldout
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -69,7 +70,7 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
         return df.iloc[0:0]
     first = runs.iloc[0]
     keys = [f"eval.{k}" for k in ("limit", "num_fewshot", "apply_chat_template", "include_path")]
-    if any(tbl.is_heldout(t) for t in tasks):  # heldout_<source> items depend on these
+    if any(is_heldout(t) for t in tasks):  # heldout_<source> items depend on these
         keys += ["data.heldout_fraction", "data.heldout_max", "eval.heldout_max_tokens"]
     settings = {k: first.get(k) for k in keys}
     bases = []
@@ -152,7 +153,7 @@ def _pivot_runs(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     """--cols KEY: one column per level of KEY, on each run's mean accuracy."""
     if key not in runs:
         raise tbl.TableError(f"--cols: unknown key {key!r}")
-    acc = [c for c in runs.columns if c.startswith("eval/") and c.endswith("/acc") and not tbl.is_heldout(c.split("/")[1])]
+    acc = [c for c in runs.columns if c.startswith("eval/") and c.endswith("/acc") and not is_heldout(c.split("/")[1])]
     out = runs.drop(columns=[c for c in runs.columns if c.startswith(("eval/", "stderr/"))]).copy()
     for level in sorted(runs[key].dropna().unique(), key=str):
         out[f"eval/{key}={level}/acc"] = runs[acc].mean(axis=1).where(runs[key] == level)

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from sft_lab.analysis.table import ALPHA, Cell, Row, Table, higher_is_better, is_heldout
+from sft_lab.analysis.table import ALPHA, Cell, Row, Table, higher_is_better
+from sft_lab.tasks import is_heldout
 
 BLUE, GREY = "#4477aa", "#999999"
 

@@ -29,6 +29,7 @@ from sft_lab.analysis import table as tbl
 from sft_lab.analysis.cli import apply_filters, ensure_base
 from sft_lab.analysis.collect import collect
 from sft_lab.errors import UserError
+from sft_lab.tasks import HELDOUT_PREFIX, is_heldout
 
 FIGURES = {"benchmarks": "Benchmarks: mean ± 95% CI per row", "transfer": "Transfer matrix: Δ bits per byte on each "
            "held-out set vs the base model (negative: the trained model predicts those answers better)",
@@ -72,7 +73,7 @@ def analyse(runs_dir: str, rows: Optional[list[str]] = None, filters: Optional[l
     rows = rows or varying_factors(runs)
     ref = "base" if not base_df.empty else None
     tables = {}
-    for name, keep in (("benchmarks", lambda t: not tbl.is_heldout(t)), ("heldout", tbl.is_heldout)):
+    for name, keep in (("benchmarks", lambda t: not is_heldout(t)), ("heldout", is_heldout)):
         part = _columns_of(runs, keep)
         if any(c.startswith("eval/") for c in part.columns):
             tables[name] = tbl.build(part, rows, ref=ref, base=_columns_of(base_df, keep) if ref else None,
@@ -136,7 +137,7 @@ def make_figures(study: Study, folder: Path) -> dict[str, Path]:
     if bench is not None:
         out["benchmarks"] = folder / "benchmarks.svg"
         plots.bars(bench, str(out["benchmarks"]))
-    transfer = [c for c in (held.columns if held else []) if c.startswith("heldout_")]
+    transfer = [c for c in (held.columns if held else []) if c.startswith(HELDOUT_PREFIX)]
     if held is not None and transfer and not study.base.empty and len(study.rows) == 1:
         out["transfer"] = folder / "transfer.svg"
         plots.heatmap(held, str(out["transfer"]), columns=transfer)

@@ -19,6 +19,7 @@ import pandas as pd
 from sft_lab.analysis import stats
 from sft_lab.analysis.collect import load_items
 from sft_lab.errors import UserError
+from sft_lab.tasks import is_heldout
 
 LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
 METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
@@ -73,11 +74,6 @@ def pick_metric(df: pd.DataFrame, task: str, metric: Optional[str]) -> Optional[
         if m in have:
             return m
     return have[0] if have else None
-
-
-def is_heldout(task: str) -> bool:
-    """The run's own held-out split (heldout) or a local set's (heldout_<source>)."""
-    return task == "heldout" or task.startswith("heldout_")
 
 
 def higher_is_better(column: str) -> bool:

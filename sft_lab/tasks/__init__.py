@@ -25,6 +25,14 @@ class TaskError(UserError):
     pass
 
 
+HELDOUT_PREFIX = "heldout_"  # heldout_<source>: a local instruction set's held-out split (eval.heldout=all)
+
+
+def is_heldout(task: str) -> bool:
+    """The run's own held-out split (heldout) or a local set's (heldout_<source>): items from the data."""
+    return task == "heldout" or task.startswith(HELDOUT_PREFIX)
+
+
 def shipped_task_names() -> set[str]:
     return {p.stem for p in SHIPPED_DIR.glob("*.yaml")}
 
