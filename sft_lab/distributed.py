@@ -1,9 +1,10 @@
 """Data-parallel runs under `torchrun`, `accelerate launch` or a multi-task Slurm job: which process does what.
 
 Every rank composes the same config, computes the same fingerprint, loads the same inputs and trains
-its share of every batch (transformers' Trainer runs DDP; FSDP and DeepSpeed are not supported yet:
-rank 0 could not save or evaluate sharded weights alone). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the weights and runs
-lm-eval; the other ranks wait at a barrier after training and exit 0. Outside a launcher every
+its share of every batch (transformers' Trainer runs DDP, or FSDP2 under `accelerate launch` with
+conf/accelerate/fsdp.yaml). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the
+weights and runs lm-eval; the other ranks wait at a barrier after training and exit 0. Under FSDP every
+rank first joins in gathering the full weights, which rank 0 saves and evaluates unsharded. Outside a launcher every
 function here is a no-op, so one process behaves as before.
 """
 
@@ -41,6 +42,15 @@ def world_size() -> int:
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def sharded() -> bool:
+    """FSDP: `accelerate launch` with an FSDP config sets this in every rank's environment."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_version() -> int:
+    return int(os.environ.get("FSDP_VERSION", "1"))
 
 
 def is_main() -> bool:
@@ -93,7 +103,8 @@ def all_ok(error: BaseException | None) -> None:
         raise RankFailed(f"rank {r} failed before training ({msg}); rank {rank()} stops too")
 
 
-def layout(per_device_batch: int, grad_accum: int) -> dict[str, int]:
-    """What the record says about the processes: world size, per-device and global batch."""
+def layout(per_device_batch: int, grad_accum: int) -> dict[str, Any]:
+    """What the record says about the processes: world size, per-device and global batch, sharding."""
     n = world_size()
-    return {"world_size": n, "per_device_batch": per_device_batch, "global_batch": per_device_batch * grad_accum * n}
+    return {"world_size": n, "per_device_batch": per_device_batch, "global_batch": per_device_batch * grad_accum * n,
+            "sharding": f"fsdp{fsdp_version()}" if sharded() else None}

@@ -183,9 +183,18 @@ def train(cfg, inputs: Inputs, run_dir: Path, record: Optional[RunRecord], log_m
     for name, seen in result.metrics.get("trained_on", {}).items():
         record.data.setdefault("sources", {}).setdefault(name, {})["trained_on"] = seen
     if not result.pruned:
-        record.artifacts = {"weights": str(save_trained(model, inputs.tokenizer, run_dir, record.train))}
+        saved = save_trained(model, inputs.tokenizer, run_dir, record.train, result.full_weights)
+        record.artifacts = {"weights": str(saved)}
+        if result.full_weights is not None:  # FSDP: rank 0 evaluates an unsharded copy, the other ranks are done
+            model, _ = load_trained(_base_model(cfg, inputs), run_dir)
     rec.write_record(run_dir, record)  # a failure in evaluation keeps what was trained
     return model, result.pruned
+
+
+def _base_model(cfg, inputs: Inputs):
+    from sft_lab.models import load_model
+
+    return load_model(cfg.model, inputs.tokenizer, cfg.paths.cache_dir, cfg.seed)
 
 
 # ---------------------------------------------------------------- evaluate

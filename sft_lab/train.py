@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class Trained:
     metrics: dict[str, Any]
     pruned: bool = False  # on_eval asked to stop (a pruned sweep trial)
+    full_weights: Optional[dict] = None  # under FSDP: the gathered weights (rank 0), as the sharded model cannot save
 
 
 # Loss on label positions only (see CountingTrainer); SFT_LAB_FULL_LOGITS=1 restores transformers' own
@@ -131,8 +132,9 @@ def _trainer_class():
             if mask is not None and mask.dim() == 4:  # packed rows: the additive mask in the model's dtype
                 dtype = next(model.parameters()).dtype
                 inputs["attention_mask"] = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
+            # Under FSDP the LM head may run only inside the sharded model's own forward: its own loss then.
             if not (model.training and LABEL_POSITIONS_ONLY and "labels" in inputs and not args
-                    and not kwargs.get("return_outputs")):
+                    and not kwargs.get("return_outputs") and not self.is_fsdp_enabled):
                 return super().compute_loss(model, inputs, *args, **kwargs)
             return self._label_positions_loss(model, inputs, kwargs.get("num_items_in_batch"))
 
@@ -301,6 +303,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         torch.cuda.reset_peak_memory_stats()
     counts.started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
+    # FSDP: every rank joins in gathering the full weights onto rank 0's CPU (a collective)
+    full_weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     counts = counts.merged()  # every rank's batches
     wall = counts.wall_s  # this attempt plus the earlier ones, up to the checkpoint resumed from
     stopped = getattr(trainer.state, "stopped_by_caller", False)
@@ -326,17 +330,18 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }
-    return Trained(metrics, pruned=stopped)
+    return Trained(metrics, pruned=stopped, full_weights=full_weights)
 
 
 TRAINED = "train_result.json"
 
 
-def save_trained(model, tokenizer, run_dir: Path, metrics: dict) -> Path:
+def save_trained(model, tokenizer, run_dir: Path, metrics: dict, full_weights: Optional[dict] = None) -> Path:
     """Save the adapter (or the full model for r=0), then the train metrics last, atomically: their
-    presence marks the weights complete. Checkpoints stay until the record says finished."""
+    presence marks the weights complete. Checkpoints stay until the record says finished.
+    `full_weights`: the gathered state dict of an FSDP-sharded model."""
     out = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"state_dict": full_weights} if full_weights is not None else {}))
     tokenizer.save_pretrained(out)
     atomic_write(out / TRAINED, json.dumps(metrics, default=float))
     return out

@@ -159,3 +159,32 @@ def test_console_scripts_run_from_anywhere_and_complete_on_tab(tmp_path):
         out = subprocess.run([str(bin_dir / "sft-lab-run"), "-sc", "query=bash"], cwd=tmp_path,
                              env={**env, "COMP_LINE": line}, capture_output=True, text=True)
         assert want in out.stdout.split(), (line, out.stdout, out.stderr[-1000:])
+
+
+def test_fsdp_refuses_what_it_cannot_run_and_names_the_way_out(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch` with an FSDP config sets it
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs CUDA GPUs.*torchrun"):  # not a silent unsharded run
+        validate(compose(["model=tiny"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    validate(compose(["model=tiny"]))  # FSDP2 with LoRA: fine
+    with pytest.raises(ConfigError, match="model.load_in_4bit=true under FSDP"):
+        validate(compose(["model.load_in_4bit=true"]))
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="lora.r=8 under FSDP1.*fsdp_version: 2"):
+        validate(compose(["model=tiny", "lora=r8"]))
+    validate(compose(["model=tiny", "lora=full"]))  # FSDP1 shards full fine-tuning
+    monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "true")
+    validate(compose(["model=tiny", "lora=r8"]))
+
+
+def test_the_fsdp_config_is_fsdp2_with_full_weights_for_rank_0():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(ROOT / "conf" / "accelerate" / "fsdp.yaml")
+    assert config.distributed_type == "FSDP"
+    assert config.fsdp_config["fsdp_version"] == 2  # FSDP1 cannot mix LoRA's trainable and frozen weights
+    assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

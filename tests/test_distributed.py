@@ -110,3 +110,15 @@ def test_a_grid_through_the_submitit_launcher_runs_each_config_on_two_ranks(tmp_
     assert sorted(r["config"]["seed"] for r in recs) == [0, 1]
     assert all(r["status"] == "finished" and r["env"]["world_size"] == 2 for r in recs)
     assert len({r["group"] for r in recs}) == 1
+
+
+@pytest.mark.e2e
+def test_fsdp_through_accelerate_launch_on_cpu_is_refused_before_any_run_folder(tmp_path):
+    # accelerate enables FSDP only for GPU process groups: on CPU it would train unsharded without a word.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "conf/accelerate/fsdp.yaml"),
+           "--num_processes", "1", "-m", "sft_lab.run", *TINY, f"paths.runs_dir={tmp_path / 'runs'}"]
+    out = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    assert "FSDP" in out.stderr and "needs CUDA GPUs" in out.stderr and "torchrun" in out.stderr
+    assert not list((tmp_path / "runs").glob("*/record.json"))
