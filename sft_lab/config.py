@@ -280,22 +280,23 @@ def _check_installed(model: ModelConfig) -> None:
 
 
 def _check_sharding(cfg) -> None:
-    """FSDP (accelerate launch --config_file conf/accelerate/fsdp.yaml): what it cannot run says so."""
-    from sft_lab import distributed
+    """FSDP / DeepSpeed (accelerate launch --config_file conf/accelerate/...): what they cannot run says so."""
+    from sft_lab.distributed import sharding
 
-    if not distributed.sharded():
+    engine = sharding()
+    if engine is None:
         return
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError("FSDP (ACCELERATE_USE_FSDP=true, from an accelerate FSDP config) needs CUDA GPUs: "
-                          "accelerate enables FSDP only for GPU process groups and would silently train unsharded "
-                          "here. On CPU, use data-parallel torchrun (gloo): torchrun --nproc_per_node=2 -m sft_lab.run")
+        raise ConfigError(f"{engine} (from an accelerate config) needs CUDA GPUs: accelerate enables FSDP and DeepSpeed "
+                          "only for GPU process groups and would silently train unsharded here. On CPU, use "
+                          "data-parallel torchrun (gloo): torchrun --nproc_per_node=2 -m sft_lab.run")
     if cfg.model.load_in_4bit:
-        raise ConfigError("model.load_in_4bit=true under FSDP: FSDP cannot shard bitsandbytes' packed 4-bit weights "
+        raise ConfigError(f"model.load_in_4bit=true under {engine}: it cannot shard bitsandbytes' packed 4-bit weights "
                           "as sft-lab loads them. Run QLoRA on one GPU per run (or DDP), or drop load_in_4bit to shard.")
     orig_params = os.environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in ("1", "true")
-    if cfg.lora.r > 0 and distributed.fsdp_version() == 1 and not orig_params:
+    if cfg.lora.r > 0 and engine == "fsdp1" and not orig_params:
         raise ConfigError(f"lora.r={cfg.lora.r} under FSDP1 without fsdp_use_orig_params: FSDP1 flattens each wrapped "
                           "layer into one tensor and cannot mix LoRA's trainable weights with the frozen base. "
                           "Use fsdp_version: 2 (conf/accelerate/fsdp.yaml) or fsdp_use_orig_params: true.")

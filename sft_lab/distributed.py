@@ -1,9 +1,9 @@
 """Data-parallel runs under `torchrun`, `accelerate launch` or a multi-task Slurm job: which process does what.
 
 Every rank composes the same config, computes the same fingerprint, loads the same inputs and trains
-its share of every batch (transformers' Trainer runs DDP, or FSDP2 under `accelerate launch` with
-conf/accelerate/fsdp.yaml). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the
-weights and runs lm-eval; the other ranks wait at a barrier after training and exit 0. Under FSDP every
+its share of every batch (transformers' Trainer runs DDP, or FSDP / DeepSpeed ZeRO under
+`accelerate launch` with a config from conf/accelerate/). Rank 0 alone takes the run lock, writes the record, logs to W&B, saves the
+weights and runs lm-eval; the other ranks wait at a barrier after training and exit 0. Sharded, every
 rank first joins in gathering the full weights, which rank 0 saves and evaluates unsharded. Outside a launcher every
 function here is a no-op, so one process behaves as before.
 """
@@ -44,13 +44,14 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def sharded() -> bool:
-    """FSDP: `accelerate launch` with an FSDP config sets this in every rank's environment."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def fsdp_version() -> int:
-    return int(os.environ.get("FSDP_VERSION", "1"))
+def sharding() -> str | None:
+    """The sharding engine `accelerate launch` set up in every rank's environment: fsdp1, fsdp2,
+    deepspeed-zero2/3 (conf/accelerate/), or None for DDP and single processes."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return f"fsdp{os.environ.get('FSDP_VERSION', '1')}"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return f"deepspeed-zero{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    return None
 
 
 def is_main() -> bool:
@@ -107,4 +108,4 @@ def layout(per_device_batch: int, grad_accum: int) -> dict[str, Any]:
     """What the record says about the processes: world size, per-device and global batch, sharding."""
     n = world_size()
     return {"world_size": n, "per_device_batch": per_device_batch, "global_batch": per_device_batch * grad_accum * n,
-            "sharding": f"fsdp{fsdp_version()}" if sharded() else None}
+            "sharding": sharding()}

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class Trained:
     metrics: dict[str, Any]
     pruned: bool = False  # on_eval asked to stop (a pruned sweep trial)
-    full_weights: Optional[dict] = None  # under FSDP: the gathered weights (rank 0), as the sharded model cannot save
+    full_weights: Optional[dict] = None  # sharded (FSDP, ZeRO): the gathered weights (rank 0), as the model cannot save
 
 
 # Loss on label positions only, on CPU (see CountingTrainer). On a GPU the model's own loss is faster
@@ -134,12 +134,16 @@ def _trainer_class():
             if mask is not None and mask.dim() == 4:  # packed rows: the additive mask in the model's dtype
                 dtype = next(model.parameters()).dtype
                 inputs["attention_mask"] = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
-            # Under FSDP the LM head may run only inside the sharded model's own forward: its own loss then.
-            if not (model.training and LABEL_POSITIONS_ONLY and "labels" in inputs and not args
-                    and not kwargs.get("return_outputs") and not self.is_fsdp_enabled
-                    and self.args.device.type == "cpu"):
+            if not self._label_positions_apply(model, inputs, args, kwargs):
                 return super().compute_loss(model, inputs, *args, **kwargs)
             return self._label_positions_loss(model, inputs, kwargs.get("num_items_in_batch"))
+
+        def _label_positions_apply(self, model, inputs, args, kwargs) -> bool:
+            """Training on CPU, unsharded. On a GPU the model's own loss is faster (LABEL_POSITIONS_ONLY);
+            sharded (FSDP, ZeRO), the LM head may run only inside the model's own forward."""
+            return (LABEL_POSITIONS_ONLY and model.training and "labels" in inputs and not args
+                    and not kwargs.get("return_outputs") and self.args.device.type == "cpu"
+                    and not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
 
         def _label_positions_loss(self, model, inputs, num_items_in_batch):
             """The LM head and cross-entropy on the positions that have a label only (the answers), not on
@@ -306,8 +310,9 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         torch.cuda.reset_peak_memory_stats()
     counts.started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
-    # FSDP: every rank joins in gathering the full weights onto rank 0's CPU (a collective)
-    full_weights = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    # FSDP / DeepSpeed: every rank joins in gathering the full weights onto rank 0 (a collective)
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    full_weights = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
     counts = counts.merged()  # every rank's batches
     wall = counts.wall_s  # this attempt plus the earlier ones, up to the checkpoint resumed from
     stopped = getattr(trainer.state, "stopped_by_caller", False)

@@ -171,7 +171,7 @@ def test_fsdp_refuses_what_it_cannot_run_and_names_the_way_out(monkeypatch):
         validate(compose(["model=tiny"]))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     validate(compose(["model=tiny"]))  # FSDP2 with LoRA: fine
-    with pytest.raises(ConfigError, match="model.load_in_4bit=true under FSDP"):
+    with pytest.raises(ConfigError, match="model.load_in_4bit=true under fsdp2"):
         validate(compose(["model.load_in_4bit=true"]))
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="lora.r=8 under FSDP1.*fsdp_version: 2"):
@@ -179,6 +179,23 @@ def test_fsdp_refuses_what_it_cannot_run_and_names_the_way_out(monkeypatch):
     validate(compose(["model=tiny", "lora=full"]))  # FSDP1 shards full fine-tuning
     monkeypatch.setenv("FSDP_USE_ORIG_PARAMS", "true")
     validate(compose(["model=tiny", "lora=r8"]))
+
+
+def test_deepspeed_is_refused_on_cpu_and_with_4bit_weights(monkeypatch):
+    import torch
+
+    from sft_lab.distributed import sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as `accelerate launch` with a DeepSpeed config sets it
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert sharding() == "deepspeed-zero3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="deepspeed-zero3 .* needs CUDA GPUs"):
+        validate(compose(["model=tiny"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    validate(compose(["model=tiny", "lora=r8"]))
+    with pytest.raises(ConfigError, match="load_in_4bit=true under deepspeed-zero3"):
+        validate(compose(["model.load_in_4bit=true"]))
 
 
 def test_the_fsdp_config_is_fsdp2_with_full_weights_for_rank_0():
