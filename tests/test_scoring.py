@@ -45,3 +45,17 @@ def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_continuation_scoring_matches_lm_eval_hf_on_smollm2(tmp_path):
     check_against_hf("smollm2_135m", tmp_path, limit=20)
+
+
+def test_a_shared_context_is_one_row_and_each_choice_keeps_its_own_positions():
+    from sft_lab.scoring import score_rows
+
+    ctx = [5, 6, 7]
+    requests = [(None, ctx, [8, 9]), (None, ctx, [10]), (None, [1, 2], [3]), (None, ctx, [11, 12, 13])]
+    rows = score_rows(requests, max_length=64)
+    shared = next(r for r in rows if len(r.scored) == 3)
+    assert shared.tokens == [5, 6, 7, 8, 11, 12]  # each continuation but its last token
+    assert shared.positions == [0, 1, 2, 3, 3, 4]  # as each would have alone
+    assert dict(shared.scored) == {0: [2, 3], 1: [2], 3: [2, 4, 5]}  # the context's last output predicts each first token
+    # a question that lm-eval would cut to the window is scored request by request, as lm-eval does
+    assert all(len(r.scored) == 1 for r in score_rows(requests, max_length=4))
