@@ -184,7 +184,8 @@ def test_ctrl_c_marks_the_run_interrupted_and_a_relaunch_resumes(tmp_path):
     from conftest import ROOT
 
     runs = tmp_path / "runs"
-    args = [*TINY, "train.max_steps=60", "train.save_steps=5", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
+    # long enough (about 30 s) that the interrupt lands in training even on a loaded machine
+    args = [*TINY, "train.max_steps=300", "train.save_steps=5", "eval.tasks=[heldout]", f"paths.runs_dir={runs}"]
     proc = subprocess.Popen([sys.executable, "-m", "sft_lab.run", *args], cwd=tmp_path, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
