@@ -185,7 +185,7 @@ def train(cfg, inputs: Inputs, run_dir: Path, record: Optional[RunRecord], log_m
     if not result.pruned:
         saved = save_trained(model, inputs.tokenizer, run_dir, record.train, result.full_weights)
         record.artifacts = {"weights": str(saved)}
-        if result.full_weights is not None:  # FSDP: rank 0 evaluates an unsharded copy, the other ranks are done
+        if result.full_weights is not None:  # sharded: rank 0 evaluates an unsharded copy, the other ranks are done
             model, _ = load_trained(_base_model(cfg, inputs), run_dir)
     rec.write_record(run_dir, record)  # a failure in evaluation keeps what was trained
     return model, result.pruned

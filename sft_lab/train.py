@@ -347,7 +347,7 @@ TRAINED = "train_result.json"
 def save_trained(model, tokenizer, run_dir: Path, metrics: dict, full_weights: Optional[dict] = None) -> Path:
     """Save the adapter (or the full model for r=0), then the train metrics last, atomically: their
     presence marks the weights complete. Checkpoints stay until the record says finished.
-    `full_weights`: the gathered state dict of an FSDP-sharded model."""
+    `full_weights`: the gathered state dict of a sharded (FSDP, ZeRO) model."""
     out = run_dir / ("adapter" if hasattr(model, "peft_config") else "model")
     model.save_pretrained(out, **({"state_dict": full_weights} if full_weights is not None else {}))
     tokenizer.save_pretrained(out)
