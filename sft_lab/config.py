@@ -90,7 +90,7 @@ class TemplateConfig:
 class LoraConfig:
     r: int = 8  # 0 means full fine-tuning
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0  # as peft, torchtune and LLaMA-Factory; 0.05 costs 1.25x the step time and 1 GB here
     use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     use_rslora: bool = False  # rank-stabilised scaling: alpha / sqrt(r) instead of alpha / r
     target_modules: List[str] = field(
@@ -105,6 +105,10 @@ class TrainConfig:
     epochs: Optional[float] = None  # passes over the training mixture (set max_steps=null with it)
     batch_size: int = 4
     grad_accum: int = 1
+    # Rows per forward pass: a batch runs as batch_size/micro_batch_size passes whose gradients add up, the
+    # same update with less memory. null: 2 on CPU (for an even batch_size), where the peak nearly halves at
+    # the same speed; the whole batch on a GPU.
+    micro_batch_size: Optional[int] = None
     max_length: int = 256
     schedule: str = "cosine"
     warmup_steps: float = 0.1  # an int is steps, a float in [0, 1) a share of max_steps
@@ -228,6 +232,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_steps", "epochs"):
         if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"train.{key} must be > 0, got train.{key}={t[key]}")
+    if t.micro_batch_size is not None and not (0 < t.micro_batch_size <= t.batch_size
+                                               and t.batch_size % t.micro_batch_size == 0):
+        raise ConfigError(f"train.micro_batch_size must divide train.batch_size={t.batch_size}, "
+                          f"got train.micro_batch_size={t.micro_batch_size} (null: chosen for the device)")
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         raise ConfigError(f"train.neftune_alpha must be > 0 or null, got {t.neftune_alpha}")
     if t.optimizer not in OPTIMIZERS:

@@ -78,28 +78,28 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
     return metrics, protocol
 
 
-def heldout_loss(model, examples: list[dict], pad_token_id: int, batch_size: int) -> float:
+def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batch: int = 1024) -> float:
     """Mean cross-entropy per answer token over the tokenised held-out examples (as trained: same
-    template, same mask), in batches of similar length."""
+    template, same mask), in batches of similar length; the LM head runs on the answer tokens only."""
     import torch
 
-    from sft_lab.templates import IGNORE
+    from sft_lab.loss import answer_loss
     from sft_lab.tokens import Collator
 
     collate = Collator(pad_token_id)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
+    head = model.get_output_embeddings()
+    total, tokens, start = 0.0, 0, 0
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = collate([examples[i] for i in order[start:start + batch_size]])
-            ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-            logits = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-            target = labels[:, 1:]
-            keep = target != IGNORE
-            total += torch.nn.functional.cross_entropy(logits[keep].float(), target[keep], reduction="sum").item()
-            tokens += int(keep.sum())
+        while start < len(order):  # the longest example of a batch comes first
+            size = max(1, tokens_per_batch // max(len(examples[order[start]]["input_ids"]), 1))
+            batch = collate([examples[i] for i in order[start:start + size]])
+            start += size
+            inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+            loss, n = answer_loss(model, head, inputs, batch["labels"].to(device))
+            total, tokens = total + loss.item(), tokens + int(n)
     return total / tokens if tokens else float("nan")
 
 

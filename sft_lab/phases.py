@@ -206,7 +206,7 @@ def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> No
 
     results, protocol = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir)
     if "heldout" in cfg.eval.tasks and inputs.data is not None and inputs.data.heldout:
-        loss = heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id, cfg.eval.batch_size)
+        loss = heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id)
         results.setdefault("heldout", {})["loss"] = {"value": loss, "stderr": None}
     record.eval, record.eval_protocol = results, protocol
 

@@ -35,7 +35,8 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-cor
 ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit"): False,
                ("train", "gradient_checkpointing"): False, ("train", "epochs"): None, ("train", "packing"): False,
                ("train", "train_on_prompt"): False, ("train", "neftune_alpha"): None,
-               ("train", "optimizer"): "adamw_torch", ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
+               ("train", "optimizer"): "adamw_torch",
+               ("train", "micro_batch_size"): None, ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
                ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None}
 
 

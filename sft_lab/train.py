@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 
 from sft_lab import distributed
 from sft_lab.files import atomic_write
-from sft_lab.templates import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +120,8 @@ def _trainer_class():
     import torch
     from transformers import Trainer
 
+    from sft_lab.loss import answer_loss
+
     class CountingTrainer(Trainer):
         """Adds up each trained batch's per-source counts (the collator attaches them)."""
 
@@ -150,14 +151,10 @@ def _trainer_class():
             the prompt and padding: the same loss and gradients, less compute. Scaled as Trainer scales
             a model's own loss (per label token over the accumulated batch, across devices)."""
             labels = inputs.pop("labels")
-            hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-            target = labels[:, 1:]
-            keep = target != IGNORE
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            logits = head(hidden[:, :-1][keep].to(head.weight.dtype)).float()
-            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            loss, tokens = answer_loss(model, head, inputs, labels)
             if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
-                return loss / keep.sum().clamp(min=1)
+                return loss / tokens.clamp(min=1)
             loss = loss / num_items_in_batch
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
@@ -258,15 +255,16 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
 
     ckpt_dir = run_dir / "checkpoints"
     dtype = next(model.parameters()).dtype
+    micro = micro_batch_size(train_cfg, next(model.parameters()).device.type)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         max_steps=train_cfg.max_steps or -1,  # -1: train.epochs decides
         num_train_epochs=train_cfg.epochs or 1,
         optim=train_cfg.optimizer,
         neftune_noise_alpha=train_cfg.neftune_alpha,
-        per_device_train_batch_size=train_cfg.batch_size,
+        per_device_train_batch_size=micro,
         per_device_eval_batch_size=train_cfg.batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum,
+        gradient_accumulation_steps=train_cfg.grad_accum * (train_cfg.batch_size // micro),
         learning_rate=lr,
         lr_scheduler_type=train_cfg.schedule,
         warmup_steps=train_cfg.warmup_steps,
@@ -329,6 +327,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "tokens_seen": tokens_seen,
         "wall_s": round(wall, 2),
         "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
+        "micro_batch_size": micro,
         "padded_tokens": counts.padded_tokens,
         "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
         "trained_on": counts.sources,
@@ -339,6 +338,14 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "heldout_curve": periodic,  # every eval_steps, on eval_examples of the split
     }
     return Trained(metrics, pruned=stopped, full_weights=full_weights)
+
+
+def micro_batch_size(train_cfg, device_type: str) -> int:
+    """Rows per forward pass: train.micro_batch_size, or 2 on CPU for an even batch (on 2 cores SmolLM2
+    trained as fast in passes of 2 as of 4, at 2.4 GB peak instead of 3.8), or the whole batch on a GPU."""
+    if train_cfg.get("micro_batch_size"):
+        return int(train_cfg.micro_batch_size)
+    return 2 if device_type == "cpu" and train_cfg.batch_size % 2 == 0 else train_cfg.batch_size
 
 
 TRAINED = "train_result.json"

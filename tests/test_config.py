@@ -51,6 +51,7 @@ def test_typo_in_a_preset_file_fails_at_compose(tmp_path):
     ("lr=-1e-4", "lr"), ("lr=0", "lr"), ("lora.r=-1", "lora.r"), ("train.max_length=0", "train.max_length"),
     ("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz"), ("++data.sources.alpaca.weight=0", "weight"),
     ("data.sources.alpaca.format=csv", "format"), ("eval.limit=0", "eval.limit"),
+    ("train.micro_batch_size=3", "train.micro_batch_size"), ("train.micro_batch_size=0", "train.micro_batch_size"),
 ])
 def test_cross_field_checks_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -116,10 +117,11 @@ def test_memory_options_this_machine_cannot_honour_are_named(override, says):
 def test_options_added_later_keep_existing_runs_in_their_folders():
     from sft_lab.record import fingerprint
 
-    base = fingerprint(to_container(compose([])))
+    base = fingerprint(to_container(compose(["lora.dropout=0.05"])))  # lora.dropout's default until 2026-11-26
     assert base.startswith("c1be0806222aba63")  # the default config's folder before these keys existed
-    for changed in ("train.gradient_checkpointing=true", "model.attn_implementation=eager"):
-        assert fingerprint(to_container(compose([changed]))) != base, changed
+    for changed in ("train.gradient_checkpointing=true", "model.attn_implementation=eager", "train.micro_batch_size=1"):
+        assert fingerprint(to_container(compose(["lora.dropout=0.05", changed]))) != base, changed
+    assert fingerprint(to_container(compose([]))) != base  # the new default is a new run
 
 
 def test_launcher_presets_hold_only_keys_their_launchers_take():
