@@ -92,7 +92,7 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batc
     head = model.get_output_embeddings()
     total, tokens, start = 0.0, 0, 0
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         while start < len(order):  # the longest example of a batch comes first
             size = max(1, tokens_per_batch // max(len(examples[order[start]]["input_ids"]), 1))
             batch = collate([examples[i] for i in order[start:start + size]])

@@ -201,8 +201,12 @@ def _base_model(cfg, inputs: Inputs):
 
 
 def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> None:
-    """lm-eval on the run's tasks, plus the mean token loss on the held-out answers; fills record.eval."""
+    """lm-eval on the run's tasks, plus the mean token loss on the held-out answers; fills record.eval.
+    The adapter is folded into the model first (saved already, and the model is dropped after)."""
     from sft_lab.evaluate import evaluate, heldout_loss
+    from sft_lab.models import merged_for_eval
+
+    model = merged_for_eval(model)
 
     results, protocol = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir)
     if "heldout" in cfg.eval.tasks and inputs.data is not None and inputs.data.heldout:

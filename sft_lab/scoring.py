@@ -51,9 +51,9 @@ class ContinuationLM(HFLM):
             width = len(rows[start].tokens)  # the longest row of the batch comes first
             batch = rows[start:start + max(1, budget // max(width, 1))]
             start += len(batch)
-            with torch.no_grad():
+            with torch.inference_mode():  # no key/value cache: each row runs once
                 hidden = self.model(**batch_inputs(batch, width, self.tokenizer.pad_token_id or 0, dtype, self.device),
-                                    output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+                                    output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
                 spans = [hidden[r, where] for r, row in enumerate(batch) for _, where in row.scored]
                 logprobs = F.log_softmax(head(torch.cat(spans).to(head.weight.dtype)).float(), dim=-1)
             offset = 0

@@ -17,19 +17,37 @@ def per_item(model, tokenizer, cls, tasks_dir, limit):
     return {t: [[r[0] for r in s["resps"]] for s in rows] for t, rows in out["samples"].items()}, out["results"]
 
 
-def check_against_hf(model_name: str, tmp_path, limit: int) -> None:
+def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = False) -> None:
+    """adapter: lm-eval's hf scores base + a trained-like LoRA adapter; sft-lab scores what its pipeline
+    evaluates, the adapter folded into the weights."""
+    import copy
+
+    import torch
     from lm_eval.models.huggingface import HFLM
 
-    from sft_lab.models import load_model, load_tokenizer
+    from sft_lab.models import add_lora, load_model, load_tokenizer, merged_for_eval
     from sft_lab.scoring import ContinuationLM
     from sft_lab.tasks import write_tasks
 
     cfg = compose([f"model={model_name}"])
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval()
+    ours = model
+    if adapter:
+        model = add_lora(model, cfg.lora).eval()
+        torch.manual_seed(0)
+        for name, p in model.named_parameters():  # non-zero B: the adapter changes the model
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05)
+        ours = merged_for_eval(copy.deepcopy(model))
+        assert not any("lora" in n for n, _ in ours.named_modules())
     write_tasks(tmp_path, cfg.paths.data_dir, [])
     want, want_results = per_item(model, tokenizer, HFLM, tmp_path, limit)
-    got, got_results = per_item(model, tokenizer, ContinuationLM, tmp_path, limit)
+    got, got_results = per_item(ours, tokenizer, ContinuationLM, tmp_path, limit)
+    if adapter:  # the adapter moved the scores, so the comparison is not of the base model twice
+        base, _ = per_item(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval(), tokenizer, ContinuationLM,
+                           tmp_path, limit)
+        assert max(abs(a[0] - b[0]) for t in base for wa, ga in zip(base[t], got[t]) for a, b in zip(wa, ga)) > 1e-3
     for task in want:
         pairs = [(a, b) for wa, ga in zip(want[task], got[task]) for a, b in zip(wa, ga)]
         assert len(pairs) >= limit * 2
@@ -42,9 +60,18 @@ def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path):
     check_against_hf("tiny", tmp_path, limit=20)
 
 
+def test_a_folded_adapter_scores_as_lm_eval_hf_scores_base_plus_adapter(tmp_path):
+    check_against_hf("tiny", tmp_path, limit=20, adapter=True)
+
+
 @pytest.mark.slow
 def test_continuation_scoring_matches_lm_eval_hf_on_smollm2(tmp_path):
     check_against_hf("smollm2_135m", tmp_path, limit=20)
+
+
+@pytest.mark.slow
+def test_a_folded_adapter_on_smollm2_scores_as_lm_eval_hf_base_plus_adapter(tmp_path):
+    check_against_hf("smollm2_135m", tmp_path, limit=20, adapter=True)
 
 
 def test_a_shared_context_is_one_row_and_each_choice_keeps_its_own_positions():
