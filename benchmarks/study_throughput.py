@@ -20,42 +20,16 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.measure import timed  # noqa: E402
 DATA = ("alpaca", "dolly")
 LRS = ("1e-4", "2e-4")
 TASKS = ("arc_easy", "piqa")
-
-
-def timed(cmd: list[str], cwd: Path) -> tuple[float, int]:
-    """Run to the end; (wall seconds, peak RSS in MB of the process and its children, sampled every 0.2 s)."""
-    import psutil
-
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    peak, tail = 0, []
-    reader = threading.Thread(target=lambda: tail.extend(proc.stdout), daemon=True)
-    reader.start()
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        try:
-            rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    reader.join()
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(tail[-40:])}")
-    return time.perf_counter() - start, round(peak / 2**20)
 
 
 def sft_lab_side(args, work: Path) -> tuple[float, int, dict]:
@@ -63,7 +37,7 @@ def sft_lab_side(args, work: Path) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "sft_lab.run", "-m", f"data={','.join(DATA)}", f"lr={','.join(LRS)}", "lora=r8",
            f"train.max_steps={args.steps}", f"eval.tasks=[{','.join(TASKS)}]", f"eval.limit={args.limit}",
            "tracking=none", f"paths.runs_dir={runs}"]
-    wall, peak = timed(cmd, work)
+    wall, peak = timed(cmd, work, ROOT)
     scores = {}
     for path in runs.glob("*/record.json"):
         r = json.loads(path.read_text())
@@ -86,11 +60,11 @@ def by_hand_side(args, work: Path) -> tuple[float, int, dict]:
         for lr in LRS:
             out = work / f"by_hand_{data}_{lr}"
             w1, p1 = timed([sys.executable, __file__, "--train-by-hand", data, lr, str(out), "--steps", str(args.steps)],
-                           work)
+                           work, ROOT)
             w2, p2 = timed(["lm_eval", "--model", "hf", "--model_args",
                             f"pretrained={base},peft={out / 'adapter'},dtype=float32", "--tasks", ",".join(TASKS),
                             "--include_path", str(tasks), "--limit", str(args.limit), "--batch_size", "16",
-                            "--device", "cpu", "--output_path", str(out / "lm_eval")], work)
+                            "--device", "cpu", "--output_path", str(out / "lm_eval")], work, ROOT)
             wall, peak = wall + w1 + w2, max(peak, p1, p2)
             [result] = (out / "lm_eval").rglob("results_*.json")
             res = json.loads(result.read_text())["results"]

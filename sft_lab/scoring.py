@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
@@ -31,10 +30,9 @@ class ContinuationLM(HFLM):
         pbar.close()
         return results
 
-    def _finish(self, requests, i: int, logprobs: torch.Tensor, results: list, pbar) -> None:
-        """One request's (sum of continuation log-probs, greedy) from its continuation positions' log-probs."""
-        cont = torch.tensor(requests[i][2], device=logprobs.device)
-        answer = (float(logprobs.gather(1, cont[:, None]).sum()), bool((logprobs.argmax(-1) == cont).all()))
+    def _finish(self, requests, i: int, scores: torch.Tensor, greedy: torch.Tensor, results: list, pbar) -> None:
+        """One request's (sum of continuation log-probs, greedy) from its tokens' log-probs and greedy flags."""
+        answer = (float(scores.sum()), bool(greedy.all()))
         results[i] = answer
         if requests[i][0] is not None:
             self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
@@ -51,16 +49,20 @@ class ContinuationLM(HFLM):
             width = len(rows[start].tokens)  # the longest row of the batch comes first
             batch = rows[start:start + max(1, budget // max(width, 1))]
             start += len(batch)
+            scored = [(i, r, where) for r, row in enumerate(batch) for i, where in row.scored]
             with torch.inference_mode():  # no key/value cache: each row runs once
                 hidden = self.model(**batch_inputs(batch, width, self.tokenizer.pad_token_id or 0, dtype, self.device),
                                     output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
-                spans = [hidden[r, where] for r, row in enumerate(batch) for _, where in row.scored]
-                logprobs = F.log_softmax(head(torch.cat(spans).to(head.weight.dtype)).float(), dim=-1)
+                logprobs = torch.log_softmax(head(torch.cat([hidden[r, where] for _, r, where in scored])
+                                                  .to(head.weight.dtype)).float(), dim=-1)
+                target = torch.tensor([t for i, _, _ in scored for t in requests[i][2]], device=logprobs.device)
+                scores = logprobs.gather(1, target[:, None]).squeeze(1)
+                greedy = logprobs.argmax(-1) == target
             offset = 0
-            for row in batch:
-                for i, where in row.scored:
-                    self._finish(requests, i, logprobs[offset:offset + len(where)], results, pbar)
-                    offset += len(where)
+            for i, _, where in scored:
+                self._finish(requests, i, scores[offset:offset + len(where)], greedy[offset:offset + len(where)],
+                             results, pbar)
+                offset += len(where)
 
 
 @dataclass
