@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py [--steps 12] [--rounds 2] [--batch-size 4] [--max-length 256]
     python benchmarks/train_throughput.py --sides sft_lab,trl_defaults --steps 4 --rounds 1   # about 10 minutes
 
-Held equal: SmolLM2-135M-Instruct (fp32), LoRA r8/alpha16 on the same modules, the same Alpaca
+Held equal: SmolLM2-135M-Instruct (fp32), LoRA r8/alpha16 (dropout --lora-dropout) on the same modules, the same Alpaca
 examples rendered with the same Alpaca prompt (loss on the answer only), batch, max length, steps,
 learning rate. `trl` holds TRL to fp32 without gradient checkpointing, like the other sides;
 `trl_defaults` is TRL as a user gets it (its SFTConfig defaults: bf16 autocast and gradient
@@ -73,10 +73,10 @@ def setup(args):
     return cfg, tok, model, mix, examples
 
 
-def lora(model):
+def lora(model, dropout: float):
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS,
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=TARGETS,
                                             task_type="CAUSAL_LM"))
 
 
@@ -114,7 +114,7 @@ def run_side(side: str, args) -> dict:
                          warmup_steps=0, logging_steps=10_000, save_steps=10_000)
         from omegaconf import OmegaConf
 
-        metrics = train(lora(model), tok, data, OmegaConf.create(train_cfg), 2e-4, 0, Path(out_dir)).metrics
+        metrics = train(lora(model, args.lora_dropout), tok, data, OmegaConf.create(train_cfg), 2e-4, 0, Path(out_dir)).metrics
         wall, padded = metrics["wall_s"], metrics["padded_tokens"]
         real = sum(s["tokens"] for s in metrics["trained_on"].values())
     elif side == "plain_trainer":
@@ -128,7 +128,8 @@ def run_side(side: str, args) -> dict:
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids),
                          "labels": ([-100] * len(p) + a)[: args.max_length]})
         collator = CountingCollator(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-        trainer = Trainer(model=lora(model), args=training_args(args, TrainingArguments, out_dir), train_dataset=rows,
+        trainer = Trainer(model=lora(model, args.lora_dropout), args=training_args(args, TrainingArguments, out_dir),
+                          train_dataset=rows,
                           data_collator=collator)
         start = time.perf_counter()
         trainer.train()
@@ -145,7 +146,7 @@ def run_side(side: str, args) -> dict:
         own = {} if side == "trl_defaults" else {"gradient_checkpointing": False}
         sft_args = training_args(args, SFTConfig, out_dir, own_precision=side == "trl_defaults",
                                  max_length=args.max_length, completion_only_loss=True, packing=False, **own)
-        trainer = SFTTrainer(model=lora(model), args=sft_args, train_dataset=ds, processing_class=tok)
+        trainer = SFTTrainer(model=lora(model, args.lora_dropout), args=sft_args, train_dataset=ds, processing_class=tok)
         trainer.data_collator = collator = CountingCollator(trainer.data_collator)
         start = time.perf_counter()
         trainer.train()
@@ -157,11 +158,14 @@ def run_side(side: str, args) -> dict:
 
 
 def main() -> None:
+    from sft_lab.config import LoraConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--lora-dropout", type=float, default=LoraConfig.dropout, help="every side (sft-lab's default)")
     parser.add_argument("--sides", default=DEFAULT_SIDES, help=f"comma-separated, from {','.join(SIDES)}")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 on every side (benchmarks/gpu_throughput.py)")
@@ -182,6 +186,7 @@ def main() -> None:
         for side in sides if r % 2 == 0 else sides[::-1]:  # alternate the order between rounds
             out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--batch-size",
                                   str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
+                                  "--lora-dropout", str(args.lora_dropout),
                                   *(["--gpu"] if args.gpu else [])],
                                  capture_output=True, text=True, cwd=ROOT)
             line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
@@ -210,7 +215,8 @@ def main() -> None:
         print(f"| {side} | {s['real_tok_s']} | {s['padded_tok_s']} | {s['padding_fraction']:.1%} | {s['peak_rss_mb']} | {s['mfu']:.1%} |")
     print(json.dumps({"benchmark": "gpu_throughput" if args.gpu else "train_throughput", "device": device,
                       "model": args.model or "smollm2_135m", "matmul_peak_gflops": round(peak), "steps": args.steps,
-                      "batch_size": args.batch_size, "max_length": args.max_length, "sides": summary, **ratios}))
+                      "batch_size": args.batch_size, "max_length": args.max_length, "lora_dropout": args.lora_dropout,
+                      "sides": summary, **ratios}))
 
 
 if __name__ == "__main__":
