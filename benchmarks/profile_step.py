@@ -1,7 +1,7 @@
 """Where one LoRA training step's time goes (or, with --eval, an evaluation's): matrix multiplies
 against everything else.
 
-    python benchmarks/profile_step.py [--batch-size 4] [--length 160] [--lora-dropout 0.05]
+    python benchmarks/profile_step.py [--batch-size 4] [--length 160] [--lora-dropout 0.0]
     python benchmarks/profile_step.py --eval [--limit 40]     # sft-lab's evaluation, ARC-Easy + PIQA
 
 SmolLM2-135M-Instruct, LoRA r8 on the attention and MLP projections (as in train_throughput.py), one
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=160)
-    parser.add_argument("--lora-dropout", type=float, default=0.05)
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="sft-lab's default is 0.0")
     parser.add_argument("--eval", action="store_true", help="profile the evaluation instead of a training step")
     parser.add_argument("--limit", type=int, default=40, help="--eval: items per task")
     args = parser.parse_args()
@@ -92,9 +92,10 @@ def eval_step(model, tok, limit: int):
 
     from sft_lab.config import compose
     from sft_lab.evaluate import evaluate
+    from sft_lab.models import merged_for_eval
     from sft_lab.tasks import write_tasks
 
-    model.eval()
+    model = merged_for_eval(model).eval()  # as the pipeline evaluates
     work = Path(tempfile.mkdtemp())
     cfg = compose()
     write_tasks(work / "tasks", os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), [])
