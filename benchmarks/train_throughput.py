@@ -197,9 +197,9 @@ def main() -> None:
     summary = {}
     for side in sides:
         runs = [r[side] for r in rounds]
-        tok_s = statistics.median(x["real_tok_s"] for x in runs)
+        tok_s = round(statistics.median(x["real_tok_s"] for x in runs), 1)
         summary[side] = {
-            "real_tok_s": tok_s, "padded_tok_s": statistics.median(x["padded_tok_s"] for x in runs),
+            "real_tok_s": tok_s, "padded_tok_s": round(statistics.median(x["padded_tok_s"] for x in runs), 1),
             "padding_fraction": round(1 - runs[0]["real_tokens"] / runs[0]["padded_tokens"], 3),
             "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
             "mfu": round(4 * runs[0]["params"] * tok_s / (peak * 1e9), 3),

@@ -100,7 +100,7 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    # Sized for 2 CPU cores: SmolLM2-135M LoRA in about 3 minutes (about 3 s a step).
+    # Sized for 2 CPU cores: SmolLM2-135M LoRA in about 2 minutes (about 2.5 s a step).
     max_steps: Optional[int] = 50  # the run's length: exactly one of max_steps and epochs is set
     epochs: Optional[float] = None  # passes over the training mixture (set max_steps=null with it)
     batch_size: int = 4
