@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,14 @@ from wandb_files import summary
 
 
 def offline_runs(runs: Path) -> dict[str, dict]:
+    """Each offline run by job type, read once its exit record is on disk (the W&B service writes the file
+    from its own process, so a finished run's last records may land a moment after finish() returns)."""
     out = {}
     for path in sorted(runs.glob("wandb/offline-run-*/run-*.wandb")):
-        run = summary(path)
+        run, deadline = summary(path), time.monotonic() + 30
+        while run["exit_code"] is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            run = summary(path)
         out[run["job_type"]] = run
     return out
 
