@@ -126,6 +126,7 @@ def _trainer_class():
         """Adds up each trained batch's per-source counts (the collator attaches them)."""
 
         counts: Counts
+        pass_tokens: Optional[int] = None  # see _label_positions_loss
 
         def compute_loss(self, model, inputs, *args, **kwargs):
             counts = inputs.pop("counts", None)
@@ -149,16 +150,35 @@ def _trainer_class():
         def _label_positions_loss(self, model, inputs, num_items_in_batch):
             """The LM head and cross-entropy on the positions that have a label only (the answers), not on
             the prompt and padding: the same loss and gradients, less compute. Scaled as Trainer scales
-            a model's own loss (per label token over the accumulated batch, across devices)."""
+            a model's own loss (per label token over the accumulated batch, across devices).
+
+            With `pass_tokens` the batch runs as passes of about that many tokens (`passes`), each cut to
+            its own longest row; all but the last take their backward here, so one pass's activations
+            are alive at a time. The gradients add up to the whole batch's."""
             labels = inputs.pop("labels")
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            loss, tokens = answer_loss(model, head, inputs, labels)
             if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+                loss, tokens = answer_loss(model, head, inputs, labels)
                 return loss / tokens.clamp(min=1)
-            loss = loss / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
-            return loss
+            scale = (self.accelerator.num_processes if self.args.average_tokens_across_devices else 1) / num_items_in_batch
+            mask = inputs.get("attention_mask")
+            splittable = self.pass_tokens and mask is not None and mask.dim() == 2 and self.accelerator.num_processes == 1
+            runs = passes(mask.sum(1).tolist(), self.pass_tokens) if splittable else [slice(None)]
+            if len(runs) > 1:  # padding as computed: each pass to its own longest row
+                widths = [int(mask[rows].sum(1).max()) * len(mask[rows]) for rows in runs]
+                self.counts.padded_tokens += sum(widths) - mask.numel()
+            done = 0.0
+            for i, rows in enumerate(runs):
+                part, part_labels = inputs, labels
+                if len(runs) > 1:
+                    width = int(mask[rows].sum(1).max())  # right padding: this pass's own longest row
+                    part = {k: v[rows, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+                    part_labels = labels[rows, :width]
+                loss = answer_loss(model, head, part, part_labels)[0] * scale
+                if i == len(runs) - 1:
+                    return loss + done  # Trainer takes this one's backward; the sum is what it logs
+                self.accelerator.backward(loss)
+                done = done + loss.detach()
 
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
@@ -255,16 +275,17 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
 
     ckpt_dir = run_dir / "checkpoints"
     dtype = next(model.parameters()).dtype
-    micro = micro_batch_size(train_cfg, next(model.parameters()).device.type)
+    micro = micro_batch_size(train_cfg, next(model.parameters()).device.type, distributed.world_size())
+    rows = micro or train_cfg.batch_size  # None: the whole batch, in passes cut by tokens
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         max_steps=train_cfg.max_steps or -1,  # -1: train.epochs decides
         num_train_epochs=train_cfg.epochs or 1,
         optim=train_cfg.optimizer,
         neftune_noise_alpha=train_cfg.neftune_alpha,
-        per_device_train_batch_size=micro,
+        per_device_train_batch_size=rows,
         per_device_eval_batch_size=train_cfg.batch_size,
-        gradient_accumulation_steps=train_cfg.grad_accum * (train_cfg.batch_size // micro),
+        gradient_accumulation_steps=train_cfg.grad_accum * (train_cfg.batch_size // rows),
         learning_rate=lr,
         lr_scheduler_type=train_cfg.schedule,
         warmup_steps=train_cfg.warmup_steps,
@@ -299,6 +320,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         callbacks=[_callback(log_metrics, on_eval, history, counts)],
     )
     trainer.counts = counts
+    trainer.pass_tokens = None if micro else PASS_TOKENS
     _quiet_progress(trainer)
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
@@ -328,6 +350,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "wall_s": round(wall, 2),
         "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
         "micro_batch_size": micro,
+        "pass_tokens": None if micro else PASS_TOKENS,
         "padded_tokens": counts.padded_tokens,
         "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
         "trained_on": counts.sources,
@@ -340,12 +363,34 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     return Trained(metrics, pruned=stopped, full_weights=full_weights)
 
 
-def micro_batch_size(train_cfg, device_type: str) -> int:
-    """Rows per forward pass: train.micro_batch_size, or 2 on CPU for an even batch (on 2 cores SmolLM2
-    trained as fast in passes of 2 as of 4, at 2.4 GB peak instead of 3.8), or the whole batch on a GPU."""
+# Tokens per forward pass on CPU when train.micro_batch_size is null. The default run trained as fast as
+# in passes of 2 rows, with a lower peak (2,371 against 2,439 MB over 20 steps); at 256 its Alpaca rows of
+# 129-256 tokens ran alone and it trained 0.87x as fast, at 2.0 GB (`python benchmarks/versus_commit.py
+# f4f329a -- train.max_steps=20 'eval.tasks=[]' tracking=none`). Longer rows run alone.
+PASS_TOKENS = 384
+
+
+def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optional[int]:
+    """Rows per forward pass: train.micro_batch_size; if null, None on CPU in one process (the batch runs
+    in passes of about PASS_TOKENS tokens, see `passes`), 2 on CPU across processes (an even batch),
+    or the whole batch on a GPU."""
     if train_cfg.get("micro_batch_size"):
         return int(train_cfg.micro_batch_size)
+    if device_type == "cpu" and processes == 1:
+        return None
     return 2 if device_type == "cpu" and train_cfg.batch_size % 2 == 0 else train_cfg.batch_size
+
+
+def passes(lengths: list[int], budget: int) -> list[slice]:
+    """Consecutive rows per forward pass: a pass takes the next row while (rows x its longest row) stays
+    within `budget` tokens; a row longer than the budget runs alone."""
+    out, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (i - start + 1) * max(longest, n) > budget:
+            out.append(slice(start, i))
+            start, longest = i, 0
+        longest = max(longest, n)
+    return out + [slice(start, len(lengths))] if lengths else out
 
 
 TRAINED = "train_result.json"

@@ -74,3 +74,16 @@ def test_knobs_train_and_are_recorded(tmp_path):
     seen = knobs["train"]["trained_on"]["alpaca"]
     assert seen["label_tokens"] == seen["tokens"]  # the prompt is in the loss
     assert knobs["status"] == "finished" and knobs["config"]["lora"]["use_dora"] is True
+
+
+@pytest.mark.parametrize("lengths, budget, want", [
+    ([200, 120, 110, 60], 256, [[0], [1, 2], [3]]),  # 2 x 120 fits 256 tokens, 3 x 120 does not
+    ([60, 60, 60, 60], 256, [[0, 1, 2, 3]]),
+    ([300, 250], 256, [[0], [1]]),  # a row longer than the budget runs alone
+    ([64, 200], 256, [[0], [1]]),  # a later, longer row counts for the whole pass
+    ([], 256, []),
+])
+def test_passes_keep_each_forward_within_the_token_budget(lengths, budget, want):
+    from sft_lab.train import passes
+
+    assert [list(range(len(lengths)))[s] for s in passes(lengths, budget)] == want

@@ -219,20 +219,22 @@ def test_what_a_run_leaves_behind_and_prints(tmp_path):
 
 def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
     """train.micro_batch_size splits each batch into passes whose gradients add up: the same examples per
-    step, the same losses; only the memory changes."""
+    step, the same losses; only the memory changes. Null (on CPU) cuts passes by tokens instead of rows."""
     runs = tmp_path / "runs"
-    out = run_cli(["-m", "train.micro_batch_size=1,4", *TINY, "eval.tasks=[heldout]", "train.grad_accum=2", "lr=1e-2",
-                   "lora.dropout=0", f"paths.runs_dir={runs}"], cwd=tmp_path)
+    out = run_cli(["-m", "train.micro_batch_size=null,1,4", *TINY, "eval.tasks=[heldout]", "train.grad_accum=2",
+                   "lr=1e-2", "lora.dropout=0", f"paths.runs_dir={runs}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     by_micro = {r["train"]["micro_batch_size"]: r for r in records(runs)}
-    assert set(by_micro) == {1, 4}
-    one, whole = by_micro[1], by_micro[4]
-    assert one["train"]["tokens_seen"] == whole["train"]["tokens_seen"]
-    assert one["train"]["trained_on"] == whole["train"]["trained_on"]
-    curves = [[c["loss"] for c in r["train"]["loss_curve"]] for r in (one, whole)]
-    assert len(curves[0]) == 4 and max(abs(a - b) for a, b in zip(*curves)) < 1e-5
-    assert abs(one["eval"]["heldout"]["loss"]["value"] - whole["eval"]["heldout"]["loss"]["value"]) < 1e-5
-    assert one["train"]["padded_tokens"] < whole["train"]["padded_tokens"]  # each pass pads to its own longest
+    assert set(by_micro) == {None, 1, 4}
+    by_tokens, one, whole = by_micro[None], by_micro[1], by_micro[4]
+    assert by_tokens["train"]["pass_tokens"] == 384 and whole["train"]["pass_tokens"] is None
+    for side in (one, by_tokens):
+        assert side["train"]["tokens_seen"] == whole["train"]["tokens_seen"]
+        assert side["train"]["trained_on"] == whole["train"]["trained_on"]
+        curves = [[c["loss"] for c in r["train"]["loss_curve"]] for r in (side, whole)]
+        assert len(curves[0]) == 4 and max(abs(a - b) for a, b in zip(*curves)) < 1e-5
+        assert abs(side["eval"]["heldout"]["loss"]["value"] - whole["eval"]["heldout"]["loss"]["value"]) < 1e-5
+        assert side["train"]["padded_tokens"] < whole["train"]["padded_tokens"]  # each pass pads to its own longest
 
 
 def test_loss_on_label_positions_only_trains_exactly_like_the_full_logits_loss(tmp_path):
