@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs inside the child: wraps the phases with timers, then hands over to the real entry point.
 CHILD = r"""
 import json, sys, time
-t0 = time.perf_counter()
 times, out = {}, sys.argv.pop(1)
 
 def timed(owner, name, key):
@@ -44,8 +43,7 @@ def timed(owner, name, key):
 
 import sft_lab.run
 from sft_lab import phases, evaluate, scoring, pipeline
-times["imports"] = time.perf_counter() - t0
-for name in ("setup", "start", "train", "evaluate", "finish"):
+for name in ("setup", "start", "train", "evaluate"):
     timed(phases, name, name)
 timed(evaluate, "heldout_loss", "heldout_loss")
 timed(scoring.ContinuationLM, "_loglikelihood_tokens", "scoring")
@@ -53,7 +51,6 @@ timed(pipeline, "run", "run")
 try:
     sft_lab.run.main()
 finally:
-    times["total_in_process"] = time.perf_counter() - t0
     json.dump(times, open(out, "w"))
 """
 

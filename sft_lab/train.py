@@ -163,17 +163,17 @@ def _trainer_class():
             scale = (self.accelerator.num_processes if self.args.average_tokens_across_devices else 1) / num_items_in_batch
             mask = inputs.get("attention_mask")
             splittable = self.pass_tokens and mask is not None and mask.dim() == 2 and self.accelerator.num_processes == 1
-            runs = passes(mask.sum(1).tolist(), self.pass_tokens) if splittable else [slice(None)]
-            if len(runs) > 1:  # padding as computed: each pass to its own longest row
-                widths = [int(mask[rows].sum(1).max()) * len(mask[rows]) for rows in runs]
-                self.counts.padded_tokens += sum(widths) - mask.numel()
+            lengths = mask.sum(1).tolist() if splittable else []
+            runs = passes(lengths, self.pass_tokens) if splittable else [slice(None)]
+            widths = [max(lengths[rows]) for rows in runs] if len(runs) > 1 else []  # right padding
+            if widths:  # padding as computed: each pass to its own longest row
+                self.counts.padded_tokens += sum(w * len(lengths[r]) for w, r in zip(widths, runs)) - mask.numel()
             done = 0.0
             for i, rows in enumerate(runs):
                 part, part_labels = inputs, labels
-                if len(runs) > 1:
-                    width = int(mask[rows].sum(1).max())  # right padding: this pass's own longest row
-                    part = {k: v[rows, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
-                    part_labels = labels[rows, :width]
+                if widths:
+                    part = {k: v[rows, :widths[i]] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+                    part_labels = labels[rows, :widths[i]]
                 loss = answer_loss(model, head, part, part_labels)[0] * scale
                 if i == len(runs) - 1:
                     return loss + done  # Trainer takes this one's backward; the sum is what it logs
