@@ -271,6 +271,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     import torch
     from transformers import TrainingArguments
 
+    from sft_lab.fused import fused_ops
     from sft_lab.tokens import Collator
 
     ckpt_dir = run_dir / "checkpoints"
@@ -329,7 +330,9 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     counts.started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    fuse = args.device.type == "cpu" and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+    with fused_ops(model, enabled=fuse) as fused:
+        output = trainer.train(resume_from_checkpoint=resume)
     # FSDP / DeepSpeed: every rank joins in gathering the full weights onto rank 0 (a collective)
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     full_weights = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
@@ -352,6 +355,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "micro_batch_size": micro,
         "pass_tokens": None if micro else PASS_TOKENS,
         "padded_tokens": counts.padded_tokens,
+        "fused_ops": fused,  # modules that trained as one fused node, by kind (sft_lab.fused)
         "padding_fraction": round(1 - counts.real_tokens / counts.padded_tokens, 4) if counts.padded_tokens else None,
         "trained_on": counts.sources,
         "resumed_from": resume,
