@@ -40,6 +40,7 @@ def main() -> None:
     from torch.profiler import profile
 
     from sft_lab.config import compose
+    from sft_lab.fused import fused_ops
     from sft_lab.models import load_model, load_tokenizer
 
     cfg = compose()
@@ -60,11 +61,13 @@ def main() -> None:
             model(input_ids=ids, labels=labels).loss.backward()
 
         what = f"one step, batch {args.batch_size} x {args.length} tokens"
-    step()  # warm-up
-    start = time.perf_counter()
-    with profile() as prof:
-        step()
-    wall = time.perf_counter() - start
+    # As sft-lab trains on CPU (SFT_LAB_UNFUSED=1: peft's and transformers' own modules); it evaluates unfused.
+    with fused_ops(model, enabled=not args.eval):
+        step()  # warm-up
+        start = time.perf_counter()
+        with profile() as prof:
+            step()
+        wall = time.perf_counter() - start
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
     share = {e.key: e.self_cpu_time_total / total for e in ops[:8]}
@@ -75,7 +78,7 @@ def main() -> None:
     print("|---|---|")
     for name, s in share.items():
         print(f"| {name} | {s:.1%} |")
-    mm = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / total
+    mm = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm")) / total
     bound = 1 / (mm * (1 - outside))
     print(f"matmuls {mm * (1 - outside):.1%} of the wall time: removing every other op and all Python would make it "
           f"at most {bound:.2f}x faster")

@@ -27,14 +27,15 @@ SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}  # down(act(gat
 
 
 class LoraLinear(torch.autograd.Function):
-    """y = x W^T + b + s (x A^T) B^T with frozen W and b."""
+    """y = x W^T + b + s (x A^T) B^T with frozen W and b. The rank-wide products are taken as [r, tokens]
+    (A x^T, B^T g^T): MKL ran them 2.5x faster than as [tokens, r] on 2 cores."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale):
         rows = x.reshape(-1, x.shape[-1])
         y = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
-        down = torch.mm(rows, lora_a.t())
-        y.addmm_(down, lora_b.t(), alpha=scale)
+        down = torch.mm(lora_a, rows.t())  # [r, tokens]
+        y.addmm_(down.t(), lora_b.t(), alpha=scale)
         ctx.save_for_backward(rows, down, weight, lora_a, lora_b)
         ctx.scale, ctx.in_shape = scale, x.shape
         return y.view(*x.shape[:-1], weight.shape[0])
@@ -43,14 +44,14 @@ class LoraLinear(torch.autograd.Function):
     def backward(ctx, grad):
         rows, down, weight, lora_a, lora_b = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
-        g_down = torch.mm(g, lora_b).mul_(ctx.scale)
+        g_down = torch.mm(lora_b.t(), g.t()).mul_(ctx.scale)  # [r, tokens]
         g_x = g_a = g_b = None
         if ctx.needs_input_grad[0]:
-            g_x = torch.mm(g, weight).addmm_(g_down, lora_a).view(ctx.in_shape)
+            g_x = torch.mm(g, weight).addmm_(g_down.t(), lora_a).view(ctx.in_shape)
         if ctx.needs_input_grad[3]:
-            g_a = torch.mm(g_down.t(), rows)
+            g_a = torch.mm(g_down, rows)
         if ctx.needs_input_grad[4]:
-            g_b = torch.mm(g.t(), down).mul_(ctx.scale)
+            g_b = torch.mm(down, g).t().mul_(ctx.scale)
         return g_x, None, None, g_a, g_b, None
 
 

@@ -164,16 +164,19 @@ def _trainer_class():
             mask = inputs.get("attention_mask")
             splittable = self.pass_tokens and mask is not None and mask.dim() == 2 and self.accelerator.num_processes == 1
             lengths = mask.sum(1).tolist() if splittable else []
-            runs = passes(lengths, self.pass_tokens) if splittable else [slice(None)]
-            widths = [max(lengths[rows]) for rows in runs] if len(runs) > 1 else []  # right padding
-            if widths:  # padding as computed: each pass to its own longest row
-                self.counts.padded_tokens += sum(w * len(lengths[r]) for w, r in zip(widths, runs)) - mask.numel()
+            runs = passes(lengths, self.pass_tokens) if splittable else []
+            if len(runs) < 2:
+                runs = [None]  # the batch as it is, in one pass
+            else:  # padding as computed: each pass to its own longest row (right padding)
+                widths = [max(lengths[r] for r in rows) for rows in runs]
+                self.counts.padded_tokens += sum(w * len(rows) for w, rows in zip(widths, runs)) - mask.numel()
             done = 0.0
             for i, rows in enumerate(runs):
                 part, part_labels = inputs, labels
-                if widths:
-                    part = {k: v[rows, :widths[i]] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
-                    part_labels = labels[rows, :widths[i]]
+                if rows is not None:
+                    index, width = torch.tensor(rows, device=labels.device), widths[i]
+                    part = {k: v[index, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+                    part_labels = labels[index, :width]
                 loss = answer_loss(model, head, part, part_labels)[0] * scale
                 if i == len(runs) - 1:
                     return loss + done  # Trainer takes this one's backward; the sum is what it logs
@@ -367,11 +370,12 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     return Trained(metrics, pruned=stopped, full_weights=full_weights)
 
 
-# Tokens per forward pass on CPU when train.micro_batch_size is null. The default run trained as fast as
-# in passes of 2 rows, with a lower peak (2,371 against 2,439 MB over 20 steps); at 256 its Alpaca rows of
-# 129-256 tokens ran alone and it trained 0.87x as fast, at 2.0 GB (`python benchmarks/versus_commit.py
-# f4f329a -- train.max_steps=20 'eval.tasks=[]' tracking=none`). Longer rows run alone.
-PASS_TOKENS = 384
+# Tokens per forward pass on CPU when train.micro_batch_size is null: a pass's live activations grow with its
+# tokens (about 1 MB a token for SmolLM2 with LoRA on every projection), and each pass also reads every weight
+# twice, which costs SmolLM2 on 2 cores about as much as 32 tokens' compute (PASS_OVERHEAD). A 2 x 256 pass
+# trained 285 tokens/s, 2 x 128 280, 1 x 100 222 (fused ops, 2 threads).
+PASS_TOKENS = 512
+PASS_OVERHEAD = 32
 
 
 def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optional[int]:
@@ -385,16 +389,25 @@ def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optiona
     return 2 if device_type == "cpu" and train_cfg.batch_size % 2 == 0 else train_cfg.batch_size
 
 
-def passes(lengths: list[int], budget: int) -> list[slice]:
-    """Consecutive rows per forward pass: a pass takes the next row while (rows x its longest row) stays
-    within `budget` tokens; a row longer than the budget runs alone."""
-    out, start, longest = [], 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and (i - start + 1) * max(longest, n) > budget:
-            out.append(slice(start, i))
-            start, longest = i, 0
-        longest = max(longest, n)
-    return out + [slice(start, len(lengths))] if lengths else out
+def passes(lengths: list[int], budget: int) -> list[list[int]]:
+    """The batch's rows (indices) per forward pass: rows of similar length together, each pass within
+    `budget` tokens (rows x its longest row; a longer row runs alone), and as few padded tokens and
+    passes as that allows (each pass also costs about PASS_OVERHEAD tokens of compute)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    cost, cut = [0] + [0] * len(order), [0] * (len(order) + 1)  # cheapest split of the first j rows
+    for j in range(1, len(order) + 1):
+        cost[j] = None
+        for i in range(j - 1, -1, -1):  # rows i..j-1 in one pass; the longest is rows[i]
+            tokens = (j - i) * lengths[order[i]]
+            if j - i > 1 and tokens > budget:
+                break
+            if cost[j] is None or cost[i] + PASS_OVERHEAD + tokens < cost[j]:
+                cost[j], cut[j] = cost[i] + PASS_OVERHEAD + tokens, i
+    out, j = [], len(order)
+    while j:
+        out.insert(0, order[cut[j]:j])
+        j = cut[j]
+    return out
 
 
 TRAINED = "train_result.json"

@@ -80,10 +80,16 @@ def test_knobs_train_and_are_recorded(tmp_path):
     ([200, 120, 110, 60], 256, [[0], [1, 2], [3]]),  # 2 x 120 fits 256 tokens, 3 x 120 does not
     ([60, 60, 60, 60], 256, [[0, 1, 2, 3]]),
     ([300, 250], 256, [[0], [1]]),  # a row longer than the budget runs alone
-    ([64, 200], 256, [[0], [1]]),  # a later, longer row counts for the whole pass
+    ([64, 200], 256, [[1], [0]]),  # longest first: 2 x 200 does not fit
+    ([100, 200, 90], 256, [[1], [0, 2]]),  # rows of similar length together, whatever the batch order
+    ([247, 137, 127, 108], 512, [[0], [1, 2, 3]]),  # 658 tokens computed, not 748 as [[0, 1], [2, 3]]
+    ([100, 100, 90, 90], 512, [[0, 1, 2, 3]]),  # 400 tokens in one pass beat 200 + 180 in two
+    ([100, 100, 30, 30], 512, [[0, 1], [2, 3]]),  # 260 tokens in two passes beat 400 in one
     ([], 256, []),
 ])
 def test_passes_keep_each_forward_within_the_token_budget(lengths, budget, want):
     from sft_lab.train import passes
 
-    assert [list(range(len(lengths)))[s] for s in passes(lengths, budget)] == want
+    got = passes(lengths, budget)
+    assert got == want
+    assert all(len(rows) == 1 or len(rows) * max(lengths[r] for r in rows) <= budget for rows in got)

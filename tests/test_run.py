@@ -227,7 +227,9 @@ def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
     by_micro = {r["train"]["micro_batch_size"]: r for r in records(runs)}
     assert set(by_micro) == {None, 1, 4}
     by_tokens, one, whole = by_micro[None], by_micro[1], by_micro[4]
-    assert by_tokens["train"]["pass_tokens"] == 384 and whole["train"]["pass_tokens"] is None
+    from sft_lab.train import PASS_TOKENS
+
+    assert by_tokens["train"]["pass_tokens"] == PASS_TOKENS and whole["train"]["pass_tokens"] is None
     for side in (one, by_tokens):
         assert side["train"]["tokens_seen"] == whole["train"]["tokens_seen"]
         assert side["train"]["trained_on"] == whole["train"]["trained_on"]
