@@ -5,7 +5,8 @@ one node whose forward adds the B product into the base output in place and whos
 input gradient of base and adapter in one accumulation. RMSNorm's seven ops become one node; the SwiGLU
 product saves its two inputs, not also the SiLU output (recomputed in the backward pass), so each layer
 keeps one [tokens, intermediate] tensor fewer. Same function and gradients within float rounding
-(tests/test_fused.py checks them in float64 and on a whole model); 1.13-1.15x a SmolLM2 step on 2 cores.
+(tests/test_fused.py checks them in float64 and on a whole model); 1.17x a SmolLM2 forward and backward
+on 2 cores (benchmarks/fused_ops.py).
 
 `fused_ops(model)` swaps the forwards of the modules it can fuse for the duration of a `with` block and
 restores them after. A module it cannot fuse exactly (LoRA dropout, DoRA, several adapters, a trained
@@ -96,15 +97,15 @@ def _lora_forward(module):
     if (name not in module.lora_A or name in module.lora_variant or module.lora_B[name].bias is not None
             or type(module.lora_dropout[name]) is not torch.nn.Identity):
         return None
-    base, lora_a, lora_b, scale = module.base_layer, module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
-    plain = type(module).forward.__get__(module)
+    base, plain = module.base_layer, type(module).forward.__get__(module)
 
     def forward(x, *args, **kwargs):
+        lora_a, lora_b = module.lora_A[name].weight, module.lora_B[name].weight  # as they are now (a resume may load new ones)
         if (args or kwargs or module.merged or module.disable_adapters or x.dtype != torch.float32
                 or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
                 or lora_a.dtype != torch.float32):
             return plain(x, *args, **kwargs)
-        return LoraLinear.apply(x, base.weight, base.bias, lora_a, lora_b, scale)
+        return LoraLinear.apply(x, base.weight, base.bias, lora_a, lora_b, module.scaling[name])
 
     return forward
 

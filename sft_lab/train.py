@@ -394,14 +394,13 @@ def passes(lengths: list[int], budget: int) -> list[list[int]]:
     `budget` tokens (rows x its longest row; a longer row runs alone), and as few padded tokens and
     passes as that allows (each pass also costs about PASS_OVERHEAD tokens of compute)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    cost, cut = [0] + [0] * len(order), [0] * (len(order) + 1)  # cheapest split of the first j rows
+    cost, cut = [0] + [math.inf] * len(order), [0] * (len(order) + 1)  # the cheapest split of the first j rows
     for j in range(1, len(order) + 1):
-        cost[j] = None
-        for i in range(j - 1, -1, -1):  # rows i..j-1 in one pass; the longest is rows[i]
+        for i in range(j - 1, -1, -1):  # rows i..j-1 in one pass; the longest is order[i]
             tokens = (j - i) * lengths[order[i]]
             if j - i > 1 and tokens > budget:
                 break
-            if cost[j] is None or cost[i] + PASS_OVERHEAD + tokens < cost[j]:
+            if cost[i] + PASS_OVERHEAD + tokens < cost[j]:
                 cost[j], cut[j] = cost[i] + PASS_OVERHEAD + tokens, i
     out, j = [], len(order)
     while j:

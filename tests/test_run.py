@@ -230,6 +230,8 @@ def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
     from sft_lab.train import PASS_TOKENS
 
     assert by_tokens["train"]["pass_tokens"] == PASS_TOKENS and whole["train"]["pass_tokens"] is None
+    layers = 2  # model=tiny: every projection, norm and MLP of its 2 layers trained fused
+    assert by_tokens["train"]["fused_ops"] == {"lora": 7 * layers, "rms_norm": 2 * layers + 1, "swiglu": layers}
     for side in (one, by_tokens):
         assert side["train"]["tokens_seen"] == whole["train"]["tokens_seen"]
         assert side["train"]["trained_on"] == whole["train"]["trained_on"]
