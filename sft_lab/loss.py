@@ -18,7 +18,8 @@ CHUNK = 128  # positions per chunk: 128 x 49,152 fp32 logits are 25 MB
 
 def answer_loss(model, head, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of label tokens) for one batch; `head` is the model's output embedding."""
-    hidden = model(**inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
+    no_position = torch.zeros(0, dtype=torch.long, device=labels.device)  # the model's own head runs on no position
+    hidden = model(**inputs, output_hidden_states=True, logits_to_keep=no_position, use_cache=False).hidden_states[-1]
     target = labels[:, 1:]
     keep = target != IGNORE
     kept = hidden[:, :-1][keep].to(head.weight.dtype)
@@ -39,10 +40,13 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, g
     for start in range(0, hidden.shape[0], CHUNK):
         h, t = hidden[start:start + CHUNK], target[start:start + CHUNK]
         logits = (h @ weight.T).to(acc)
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+        picked = logits.gather(1, t[:, None]).squeeze(1)
+        top = logits.amax(dim=-1, keepdim=True)
+        exp = logits.sub_(top).exp_()  # in place of the logits: no second [chunk, vocabulary] tensor
+        sums = exp.sum(dim=-1, keepdim=True)
+        total += (sums.log() + top - picked[:, None]).sum()  # log-sum-exp minus the target's logit
         if grads:
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            probs = exp.div_(sums)  # softmax
             probs[torch.arange(len(t), device=t.device), t] -= 1
             d_hidden[start:start + CHUNK] = (probs.to(weight.dtype) @ weight)
             if weight_grad:

@@ -6,6 +6,7 @@ last complete one. `on_eval` lets a caller (the sweep's pruner) see each held-ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -120,6 +121,7 @@ def _trainer_class():
     import torch
     from transformers import Trainer
 
+    from sft_lab import unpadded
     from sft_lab.loss import answer_loss
 
     class CountingTrainer(Trainer):
@@ -152,11 +154,14 @@ def _trainer_class():
             the prompt and padding: the same loss and gradients, less compute. Scaled as Trainer scales
             a model's own loss (per label token over the accumulated batch, across devices).
 
-            With `pass_tokens` the batch runs as passes of about that many tokens (`passes`), each cut to
-            its own longest row; all but the last take their backward here, so one pass's activations
-            are alive at a time. The gradients add up to the whole batch's."""
+            With `pass_tokens` the batch runs as passes of about that many tokens; all but the last take
+            their backward here, so one pass's activations are alive at a time. The gradients add up to
+            the whole batch's. Where the model allows (`unpadded.applies`), a pass's rows are laid end to
+            end without padding (`passes_unpadded`); otherwise each pass is cut to its own longest row
+            (`passes`)."""
             labels = inputs.pop("labels")
-            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            unwrapped = self.accelerator.unwrap_model(model)
+            head = unwrapped.get_output_embeddings()
             if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
                 loss, tokens = answer_loss(model, head, inputs, labels)
                 return loss / tokens.clamp(min=1)
@@ -164,20 +169,25 @@ def _trainer_class():
             mask = inputs.get("attention_mask")
             splittable = self.pass_tokens and mask is not None and mask.dim() == 2 and self.accelerator.num_processes == 1
             lengths = mask.sum(1).tolist() if splittable else []
-            runs = passes(lengths, self.pass_tokens) if splittable else []
-            if len(runs) < 2:
-                runs = [None]  # the batch as it is, in one pass
-            else:  # padding as computed: each pass to its own longest row (right padding)
-                widths = [max(lengths[r] for r in rows) for rows in runs]
-                self.counts.padded_tokens += sum(w * len(rows) for w, rows in zip(widths, runs)) - mask.numel()
+            if splittable and unpadded.applies(unwrapped, max(lengths)) and _right_padded(mask):
+                runs = passes_unpadded(lengths, self.pass_tokens)
+                self.counts.padded_tokens += sum(lengths) - mask.numel()
+                layout = lambda rows: unpadded.end_to_end(inputs, labels, rows, lengths)
+                attention = lambda: unpadded.rows_attention(unwrapped)
+            else:
+                runs = passes(lengths, self.pass_tokens) if splittable else []
+                if len(runs) < 2:
+                    runs = [None]  # the batch as it is, in one pass
+                else:  # padding as computed: each pass to its own longest row (right padding)
+                    widths = [max(lengths[r] for r in rows) for rows in runs]
+                    self.counts.padded_tokens += sum(w * len(rows) for w, rows in zip(widths, runs)) - mask.numel()
+                layout = lambda rows: _rows(inputs, labels, rows, max(lengths[r] for r in rows))
+                attention = contextlib.nullcontext
             done = 0.0
             for i, rows in enumerate(runs):
-                part, part_labels = inputs, labels
-                if rows is not None:
-                    index, width = torch.tensor(rows, device=labels.device), widths[i]
-                    part = {k: v[index, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
-                    part_labels = labels[index, :width]
-                loss = answer_loss(model, head, part, part_labels)[0] * scale
+                part, part_labels = (inputs, labels) if rows is None else layout(rows)
+                with attention():
+                    loss = answer_loss(model, head, part, part_labels)[0] * scale
                 if i == len(runs) - 1:
                     return loss + done  # Trainer takes this one's backward; the sum is what it logs
                 self.accelerator.backward(loss)
@@ -190,6 +200,23 @@ def _trainer_class():
             return sampler
 
     return CountingTrainer
+
+
+def _right_padded(mask) -> bool:
+    """Whether every row of a 2D attention mask is ones then zeros."""
+    import torch
+
+    lengths = mask.sum(1, keepdim=True)
+    return bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths)).all())
+
+
+def _rows(inputs: dict, labels, rows: list[int], width: int):
+    """The given rows of a batch, cut to `width` tokens: (model inputs, labels)."""
+    import torch
+
+    index = torch.tensor(rows, device=labels.device)
+    part = {k: v[index, :width] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in inputs.items()}
+    return part, labels[index, :width]
 
 
 class EpochSeededLengthSampler:
@@ -373,14 +400,15 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
 # Tokens per forward pass on CPU when train.micro_batch_size is null: a pass's live activations grow with its
 # tokens (about 1 MB a token for SmolLM2 with LoRA on every projection), and each pass also reads every weight
 # twice, which costs SmolLM2 on 2 cores about as much as 32 tokens' compute (PASS_OVERHEAD). A 2 x 256 pass
-# trained 285 tokens/s, 2 x 128 280, 1 x 100 222 (fused ops, 2 threads).
+# trained 285 tokens/s, 2 x 128 280, 1 x 100 222 (fused ops, 2 threads). Laid end to end (sft_lab.unpadded),
+# a pass counts real tokens only.
 PASS_TOKENS = 512
 PASS_OVERHEAD = 32
 
 
 def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optional[int]:
     """Rows per forward pass: train.micro_batch_size; if null, None on CPU in one process (the batch runs
-    in passes of about PASS_TOKENS tokens, see `passes`), 2 on CPU across processes (an even batch),
+    in passes of about PASS_TOKENS tokens, see `passes_unpadded` and `passes`), 2 on CPU across processes (an even batch),
     or the whole batch on a GPU."""
     if train_cfg.get("micro_batch_size"):
         return int(train_cfg.micro_batch_size)
@@ -406,6 +434,22 @@ def passes(lengths: list[int], budget: int) -> list[list[int]]:
     while j:
         out.insert(0, order[cut[j]:j])
         j = cut[j]
+    return out
+
+
+def passes_unpadded(lengths: list[int], budget: int) -> list[list[int]]:
+    """The batch's rows (indices) per pass when a pass's rows are laid end to end: each pass within `budget`
+    real tokens (a longer row runs alone), as few passes as first-fit by decreasing length finds."""
+    out: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((p for p, free in enumerate(room) if lengths[i] <= free), None)
+        if fit is None:
+            out.append([i])
+            room.append(budget - lengths[i])
+        else:
+            out[fit].append(i)
+            room[fit] -= lengths[i]
     return out
 
 

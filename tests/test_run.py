@@ -219,7 +219,8 @@ def test_what_a_run_leaves_behind_and_prints(tmp_path):
 
 def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
     """train.micro_batch_size splits each batch into passes whose gradients add up: the same examples per
-    step, the same losses; only the memory changes. Null (on CPU) cuts passes by tokens instead of rows."""
+    step, the same losses; only the memory changes. Null (on CPU) cuts passes by tokens instead of rows,
+    each pass's rows laid end to end without padding."""
     runs = tmp_path / "runs"
     out = run_cli(["-m", "train.micro_batch_size=null,1,4", *TINY, "eval.tasks=[heldout]", "train.grad_accum=2",
                    "lr=1e-2", "lora.dropout=0", f"paths.runs_dir={runs}"], cwd=tmp_path)
@@ -239,6 +240,7 @@ def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
         assert len(curves[0]) == 4 and max(abs(a - b) for a, b in zip(*curves)) < 1e-5
         assert abs(side["eval"]["heldout"]["loss"]["value"] - whole["eval"]["heldout"]["loss"]["value"]) < 1e-5
         assert side["train"]["padded_tokens"] < whole["train"]["padded_tokens"]  # each pass pads to its own longest
+    assert by_tokens["train"]["padding_fraction"] == 0  # each pass's rows laid end to end (sft_lab.unpadded)
 
 
 def test_loss_on_label_positions_only_trains_exactly_like_the_full_logits_loss(tmp_path):

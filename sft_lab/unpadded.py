@@ -1,0 +1,81 @@
+"""Training passes without padding: a pass's rows laid end to end in one row, attending within each row.
+
+Padded to its longest row, a pass runs every pad token through every matrix multiply. On CPU a pass
+instead lays its rows' real tokens end to end, with position ids restarting at each row, and
+`attention` runs causal SDPA row by row, so no token attends across rows. Same loss and gradients
+within float rounding (tests/test_unpadded.py). Rows of unequal length then share a pass at no cost,
+so a pass is filled by tokens alone (`sft_lab.train.passes_unpadded`).
+
+Used for the model types below with SDPA attention and no sliding window shorter than the longest row;
+otherwise passes are padded as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from sft_lab.templates import IGNORE
+
+ATTENTION = "sft_lab_rows"  # the attention implementation's name while a laid-out pass runs
+MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}  # causal decoders whose attention goes through AttentionInterface
+
+
+def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, row_bounds=None,
+              **kwargs):
+    """Causal attention within each row of a laid-out pass: query [1, heads, tokens, dim]; row r spans
+    tokens row_bounds[r]:row_bounds[r + 1]. Returns [1, tokens, heads, dim], as transformers' SDPA does."""
+    if row_bounds is None or query.shape[0] != 1:
+        raise RuntimeError(f"attention {ATTENTION!r} runs only a pass laid out by sft_lab.unpadded.end_to_end")
+    gqa = key.shape[1] != query.shape[1]
+    rows = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
+                                           scale=scaling, is_causal=True, enable_gqa=gqa)
+            for a, b in zip(row_bounds[:-1], row_bounds[1:])]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, attention)
+
+
+_register()
+
+
+def applies(model, longest: int) -> bool:
+    """Whether `model`'s passes can be laid end to end: a listed model type with SDPA attention, and any
+    sliding window at least as long as the longest row."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    return (config.model_type in MODEL_TYPES and config._attn_implementation == "sdpa"
+            and (window is None or window >= longest))
+
+
+def end_to_end(inputs: dict, labels: torch.Tensor, rows: list[int], lengths: list[int]) -> tuple[dict, torch.Tensor]:
+    """The given rows of a right-padded batch as one row of their real tokens: (model inputs, labels).
+    A row's first token gets no label: in the batch it was never a target either."""
+    ids, row_labels, positions, bounds = [], [], [], [0]
+    for r in rows:
+        n = lengths[r]
+        ids.append(inputs["input_ids"][r, :n])
+        row_labels.append(labels[r, :n].clone())
+        row_labels[-1][0] = IGNORE
+        positions.append(torch.arange(n, device=labels.device))
+        bounds.append(bounds[-1] + n)
+    part = {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None], "row_bounds": bounds}
+    return part, torch.cat(row_labels)[None]
+
+
+@contextlib.contextmanager
+def rows_attention(model):
+    """`attention` as the model's attention implementation for the forward passes in the block."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before

@@ -1,0 +1,111 @@
+"""Passes without padding (sft_lab.unpadded): rows laid end to end train as the padded batch does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sft_lab import unpadded
+from sft_lab.config import compose
+from sft_lab.fused import fused_ops
+from sft_lab.loss import answer_loss
+from sft_lab.templates import IGNORE
+from sft_lab.train import passes_unpadded
+
+
+def lora_model(*overrides: str):
+    from sft_lab.models import add_lora, load_model, load_tokenizer
+
+    cfg = compose(["model=tiny", *overrides])
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    model = add_lora(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, seed=0), cfg.lora)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a trained-like adapter, so every LoRA matrix gets a gradient
+            torch.nn.init.normal_(p, std=0.05)
+    return model.train()
+
+
+def right_padded_batch(lengths: list[int], seed: int = 1):
+    torch.manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(0, 1000, (len(lengths), width))
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    labels[:, 1:3] = IGNORE  # a prompt
+    labels[0, 1] = ids[0, 1]  # a label on the second token: the first one predicted
+    labels[:, 0] = ids[:, 0]  # as with train_on_prompt: never a target, nothing predicts it
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}, labels
+
+
+def loss_and_grads(model, passes):
+    """Summed answer loss and LoRA gradients over (inputs, labels, laid end to end?) passes."""
+    model.zero_grad(set_to_none=True)
+    head, total, tokens = model.get_output_embeddings(), 0.0, 0
+    for inputs, labels, by_rows in passes:
+        with unpadded.rows_attention(model) if by_rows else torch.enable_grad():
+            loss, n = answer_loss(model, head, inputs, labels)
+        loss.backward()
+        total, tokens = total + loss.item(), tokens + int(n)
+    return total, tokens, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.arch.num_key_value_heads=2"]], ids=["heads", "grouped-query"])
+@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused"])
+def test_rows_laid_end_to_end_give_the_padded_batchs_loss_and_gradients(overrides, fused):
+    model = lora_model(*overrides)
+    lengths = [23, 9, 17, 4]
+    inputs, labels = right_padded_batch(lengths)
+    with fused_ops(model, enabled=fused):
+        want = loss_and_grads(model, [(inputs, labels, False)])
+        split = passes_unpadded(lengths, 32)
+        assert split == [[0, 1], [2, 3]]  # 23 + 9 and 17 + 4 tokens
+        got = loss_and_grads(model, [(*unpadded.end_to_end(inputs, labels, rows, lengths), True) for rows in split])
+    assert got[1] == want[1] == int((labels[:, 1:] != IGNORE).sum())
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    assert got[2].keys() == want[2].keys() and len(want[2]) == 2 * 7 * model.config.num_hidden_layers
+    for name, grad in want[2].items():
+        assert torch.allclose(got[2][name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_a_laid_out_row_restarts_positions_and_drops_each_rows_first_label():
+    inputs, labels = right_padded_batch([5, 3])
+    part, part_labels = unpadded.end_to_end(inputs, labels, [1, 0], [5, 3])
+    assert part["input_ids"].tolist() == [inputs["input_ids"][1, :3].tolist() + inputs["input_ids"][0, :5].tolist()]
+    assert part["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 4]]
+    assert part["row_bounds"] == [0, 3, 8]
+    assert labels[0, 0] != IGNORE and labels[1, 0] != IGNORE
+    assert part_labels[0, 0] == part_labels[0, 3] == IGNORE  # no row predicts its first token from the row before
+    assert part_labels[0, 4] == labels[0, 1]
+    assert "attention_mask" not in part
+
+
+@pytest.mark.parametrize("lengths, budget, want", [
+    ([100, 300, 200, 50], 512, [[1, 2], [0, 3]]),  # first fit by decreasing length
+    ([600, 20], 512, [[0], [1]]),  # a row longer than the budget runs alone
+    ([10, 10, 10], 512, [[0, 1, 2]]),
+    ([], 512, []),
+])
+def test_unpadded_passes_keep_each_within_the_token_budget(lengths, budget, want):
+    got = passes_unpadded(lengths, budget)
+    assert got == want
+    assert sorted(i for rows in got for i in rows) == list(range(len(lengths)))
+    assert all(len(rows) == 1 or sum(lengths[i] for i in rows) <= budget for rows in got)
+
+
+def test_only_sdpa_models_without_a_shorter_sliding_window_are_laid_out():
+    model = lora_model()
+    assert unpadded.applies(model, 256)
+    model.config.sliding_window = 128
+    assert not unpadded.applies(model, 256) and unpadded.applies(model, 128)
+    model.config.sliding_window = None
+    eager = lora_model("model.attn_implementation=eager")
+    assert not unpadded.applies(eager, 256)
+
+
+def test_the_rows_attention_refuses_a_forward_that_was_not_laid_out():
+    model = lora_model()
+    inputs, labels = right_padded_batch([5, 3])
+    with unpadded.rows_attention(model), pytest.raises(RuntimeError, match="laid out"):
+        model(**inputs)
+    assert model.config._attn_implementation == "sdpa"  # restored
