@@ -6,7 +6,8 @@ against everything else.
 
 SmolLM2-135M-Instruct, LoRA r8 on the attention and MLP projections (as in train_throughput.py), one
 forward and backward pass on a batch of random tokens with the first half of each row masked from the
-loss, under torch.profiler. The matmul share bounds any harness speed-up: with every other op gone, a
+loss, as sft-lab trains on CPU (fused ops, the rows laid end to end, the LM head on the answers only),
+under torch.profiler. The matmul share bounds any harness speed-up: with every other op gone, a
 step would take (matmul share) of its time. `--eval` profiles sft-lab's evaluation of the same
 model (ARC-Easy and PIQA at --limit items each, after a warm-up on other items) and also reports the
 share of wall time spent outside torch ops (lm-eval's and sft-lab's Python). Prints a table and one
@@ -39,8 +40,10 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from torch.profiler import profile
 
+    from sft_lab import unpadded
     from sft_lab.config import compose
     from sft_lab.fused import fused_ops
+    from sft_lab.loss import answer_loss
     from sft_lab.models import load_model, load_tokenizer
 
     cfg = compose()
@@ -56,11 +59,17 @@ def main() -> None:
         ids = torch.randint(0, len(tok), (args.batch_size, args.length))
         labels = ids.clone()
         labels[:, : args.length // 2] = -100
+        # as sft-lab trains on CPU: the rows laid end to end in one pass, the LM head on the answers only
+        lengths = [args.length] * args.batch_size
+        part, part_labels = unpadded.end_to_end({"input_ids": ids}, labels, list(range(args.batch_size)), lengths)
+        head = model.get_output_embeddings()
 
         def step():
-            model(input_ids=ids, labels=labels).loss.backward()
+            with unpadded.rows_attention(model):
+                loss, tokens = answer_loss(model, head, part, part_labels)
+            (loss / tokens).backward()
 
-        what = f"one step, batch {args.batch_size} x {args.length} tokens"
+        what = f"one step, batch {args.batch_size} x {args.length} tokens in one pass"
     # As sft-lab trains on CPU (SFT_LAB_UNFUSED=1: peft's and transformers' own modules); it evaluates unfused.
     with fused_ops(model, enabled=not args.eval):
         step()  # warm-up

@@ -50,8 +50,8 @@ def loss_and_grads(model, passes):
     return total, tokens, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.arch.num_key_value_heads=2"]], ids=["heads", "grouped-query"])
-@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused"])
+@pytest.mark.parametrize("overrides, fused", [([], False), (["model.arch.num_key_value_heads=2"], True)],
+                         ids=["peft-modules", "fused-grouped-query"])
 def test_rows_laid_end_to_end_give_the_padded_batchs_loss_and_gradients(overrides, fused):
     model = lora_model(*overrides)
     lengths = [23, 9, 17, 4]
