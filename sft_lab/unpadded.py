@@ -6,8 +6,8 @@ instead lays its rows' real tokens end to end, with position ids restarting at e
 within float rounding (tests/test_unpadded.py). Rows of unequal length then share a pass at no cost,
 so a pass is filled by tokens alone (`sft_lab.train.passes_unpadded`).
 
-Used for the model types below with SDPA attention and no sliding window shorter than the longest row;
-otherwise passes are padded as before.
+Used for the model types below with SDPA attention, no sliding window shorter than the longest row and
+no gradient checkpointing; otherwise passes are padded as before.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ _register()
 
 
 def applies(model, longest: int) -> bool:
-    """Whether `model`'s passes can be laid end to end: a listed model type with SDPA attention, and any
-    sliding window at least as long as the longest row."""
+    """Whether `model`'s passes can be laid end to end: a listed model type with SDPA attention, any
+    sliding window at least as long as the longest row, and no gradient checkpointing (its recomputation
+    runs in the backward pass, after `rows_attention` has restored the model's own attention)."""
     config = model.config
     window = getattr(config, "sliding_window", None)
     return (config.model_type in MODEL_TYPES and config._attn_implementation == "sdpa"
-            and (window is None or window >= longest))
+            and (window is None or window >= longest) and not getattr(model, "is_activation_checkpointing", False))
 
 
 def end_to_end(inputs: dict, labels: torch.Tensor, rows: list[int], lengths: list[int]) -> tuple[dict, torch.Tensor]:

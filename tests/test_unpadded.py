@@ -93,12 +93,16 @@ def test_unpadded_passes_keep_each_within_the_token_budget(lengths, budget, want
     assert all(len(rows) == 1 or sum(lengths[i] for i in rows) <= budget for rows in got)
 
 
-def test_only_sdpa_models_without_a_shorter_sliding_window_are_laid_out():
+def test_only_sdpa_models_without_a_shorter_sliding_window_or_checkpointing_are_laid_out():
     model = lora_model()
     assert unpadded.applies(model, 256)
     model.config.sliding_window = 128
     assert not unpadded.applies(model, 256) and unpadded.applies(model, 128)
     model.config.sliding_window = None
+    model.gradient_checkpointing_enable()  # it recomputes the forward after the pass: with the model's attention
+    assert not unpadded.applies(model, 256)
+    model.gradient_checkpointing_disable()
+    assert unpadded.applies(model, 256)
     eager = lora_model("model.attn_implementation=eager")
     assert not unpadded.applies(eager, 256)
 
