@@ -169,7 +169,7 @@ def test_max_length_too_small_for_any_answer_is_named(tmp_path):
     from sft_lab.pipeline import run
 
     with pytest.raises(DataError, match="train.max_length=8"):
-        run(compose([*TINY, "train.max_length=8", f"paths.runs_dir={tmp_path}/runs", f"paths.cache_dir={tmp_path}"]))
+        run(compose([*TINY, "train.max_length=8", f"paths.runs_dir={tmp_path}/runs"]))
     assert not list((tmp_path / "runs").glob("*/record.json"))
 
 
