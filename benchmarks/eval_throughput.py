@@ -63,7 +63,7 @@ def main() -> None:
         # adapter in, in place, so each round gets its own copy (made outside the timing).
         trained = copy.deepcopy(model)
         start = time.perf_counter()
-        metrics, _ = evaluate(merged_for_eval(trained) if merge else trained, tok, cfg.eval, work / "tasks", work)
+        metrics, _, _ = evaluate(merged_for_eval(trained) if merge else trained, tok, cfg.eval, work / "tasks", work)
         return 0.0, time.perf_counter() - start, metrics
 
     def lm_eval_side():

@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sft_lab.errors import UserError
-from sft_lab.tasks import HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
+from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
 
 
 class ConfigError(UserError):
@@ -141,6 +141,12 @@ class EvalConfig:
     # local instruction set (conf/data/all_local.yaml), the same items for every run: a transfer matrix.
     heldout: str = "own"
     heldout_max_tokens: Optional[int] = None  # heldout_<source> items up to this many tokens (null: the model's window)
+    # Generative tasks (ifeval, gen, gen_<source>): greedy answers of at most this many tokens, prompted by
+    # the run's template and stopped at its end of turn or EOS.
+    max_gen_toks: int = 256
+    # Rows of the continuous generation batch (sft_lab/generate.py). On 2 CPU cores a decode step costs
+    # about the same at 32 rows as at 16 (benchmarks/generate_throughput.py).
+    gen_batch_size: int = 32
 
 
 @dataclass
@@ -385,18 +391,23 @@ def _validate_eval(ev: EvalConfig) -> None:
     expand_heldout(ev)
     if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
         raise ConfigError(f"eval.heldout_max_tokens must be > 0 or null, got {ev.heldout_max_tokens}")
+    if ev.gen_batch_size <= 0:
+        raise ConfigError(f"eval.gen_batch_size must be > 0, got {ev.gen_batch_size}")
+    if ev.max_gen_toks <= 0:
+        raise ConfigError(f"eval.max_gen_toks must be > 0 (answer tokens per generated item), got {ev.max_gen_toks}")
     if ev.limit is not None and ev.limit <= 0:
         raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
     if ev.include_path and not Path(ev.include_path).is_dir():
         raise ConfigError(f"eval.include_path={ev.include_path!r} is not a folder")
-    known = (shipped_task_names() | {f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()}
+    known = (shipped_task_names() | {f"{p}{s}" for s in heldout_sources() for p in (HELDOUT_PREFIX, GEN_PREFIX)}
              | (user_task_names(ev.include_path) if ev.include_path else set()))
     unknown = [t for t in ev.tasks if t not in known]
     if unknown:
         unknown = [t for t in unknown if t not in builtin_task_names()]
     if unknown:
         raise ConfigError(
-            f"eval.tasks: unknown task(s) {unknown}. Shipped tasks: {sorted(shipped_task_names())}; "
+            f"eval.tasks: unknown task(s) {unknown}. Shipped tasks: {sorted(shipped_task_names())}; generative: "
+            f"ifeval, gen and {', '.join(GEN_PREFIX + s for s in heldout_sources())}; "
             "lm-eval's built-in task names and tasks in eval.include_path also work."
         )
 

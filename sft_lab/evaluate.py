@@ -1,6 +1,8 @@
 """lm-eval on the trained model in memory -> metrics, per-item results and the eval protocol.
 
 The tasks come from the run's task folder, written by `sft_lab.tasks.write_tasks`.
+As a command, `python -m sft_lab.evaluate RUNS_DIR 'eval.tasks=[ifeval]'` evaluates finished runs again
+without training (sft_lab/reevaluate.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sft_lab.record import jsonable
-from sft_lab.tasks import HELDOUT_PREFIX, shipped_task_names
+from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, is_generative, shipped_task_names
 
 log = logging.getLogger(__name__)
 
@@ -30,35 +32,50 @@ class _Repeats(logging.Filter):
 for _name in ("lm_eval.models.huggingface", "lm_eval.evaluator"):
     logging.getLogger(_name).addFilter(_Repeats())
 
-def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tuple[dict, dict]:
-    """Returns (metrics: task -> metric -> {value, stderr}, protocol)."""
+ITEM_METRICS = ("acc", "acc_norm", "bits_per_byte", "rougeL", "words", "stopped", "prompt_level_strict_acc",
+                "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
+
+
+def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generation: Optional[dict] = None
+             ) -> tuple[dict, dict, list[str]]:
+    """Returns (metrics: task -> metric -> {value, stderr}, protocol, warnings).
+
+    `generation`: how generative tasks were prompted and stopped ({until, stop, template_fingerprint}),
+    recorded per generative task with max_gen_toks and the decoding."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks = list(eval_cfg.tasks)
     if tasks == []:
-        return {}, {"tasks": []}
+        return {}, {"tasks": []}, []
+    generative = [t for t in tasks if is_generative(t)]
+    log_samples = eval_cfg.log_samples or bool(generative)  # generations are always kept
     include = [str(tasks_dir)] + ([str(Path(eval_cfg.include_path).resolve())] if eval_cfg.include_path else [])
     ours = shipped_task_names()
-    needs_builtin = any(t not in ours and not t.startswith(HELDOUT_PREFIX) for t in tasks) and not eval_cfg.include_path
+    needs_builtin = any(t not in ours and not t.startswith((HELDOUT_PREFIX, GEN_PREFIX)) for t in tasks) and not eval_cfg.include_path
     manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
     model.eval()
-    from sft_lab.scoring import ContinuationLM
+    from sft_lab.generate import EvalLM
 
-    scorer = HFLM if os.environ.get("SFT_LAB_LM_EVAL_HF") in ("1", "true") else ContinuationLM  # HFLM: to compare
+    scorer = HFLM if os.environ.get("SFT_LAB_LM_EVAL_HF") in ("1", "true") else EvalLM  # HFLM: to compare
     lm = scorer(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
+    lm.gen_batch_size = eval_cfg.gen_batch_size
     from lm_eval.loggers import EvaluationTracker
 
     lm_eval_tracker = EvaluationTracker(output_path=str(run_dir / "lm_eval"))
     results = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, evaluation_tracker=lm_eval_tracker, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
-        task_manager=manager, log_samples=eval_cfg.log_samples, apply_chat_template=eval_cfg.apply_chat_template,
+        task_manager=manager, log_samples=log_samples, apply_chat_template=eval_cfg.apply_chat_template,
         bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234,
     )
     metrics = _metrics(results["results"])
-    samples = results.pop("samples", {}) if eval_cfg.log_samples else {}
-    if eval_cfg.log_samples:
+    samples = results.pop("samples", {}) if log_samples else {}
+    warnings = []
+    for task in generative:
+        warnings += _generations(task, samples.get(task, []), getattr(lm, "answers", {}), eval_cfg.max_gen_toks,
+                                 metrics.setdefault(task, {}), run_dir / "generations")
+    if log_samples:
         _write_samples(samples, run_dir / "samples")
     # lm-eval's own files, as its CLI writes them: results_<time>.json and samples_<task>_<time>.jsonl
     lm_eval_tracker.general_config_tracker.model_name_sanitized = "model"  # not the in-memory model's repr
@@ -74,8 +91,11 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path) -> tupl
         "apply_chat_template": eval_cfg.apply_chat_template,
         "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else _version("lm_eval"),
         "task_hashes": results.get("task_hashes", {}),
+        "limits": {t: eval_cfg.limit for t in metrics},
+        "generation": {t: {"max_gen_toks": eval_cfg.max_gen_toks, "decoding": "greedy", **(generation or {})}
+                       for t in generative},
     }
-    return metrics, protocol
+    return metrics, protocol, warnings
 
 
 def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batch: int = 1024) -> float:
@@ -131,6 +151,52 @@ def _write_samples(samples: dict[str, list[dict]], folder: Path) -> None:
         with open(folder / f"{task}.jsonl", "w") as fh:
             for row in rows:
                 keep = {k: row[k] for k in ("doc_id", "doc_hash", "prompt_hash", "target") if k in row}
-                keep.update({k: v for k, v in row.items() if k in ("acc", "acc_norm", "bits_per_byte")})
+                keep.update({k: v for k, v in row.items() if k in ITEM_METRICS})
                 fh.write(json.dumps(keep, default=jsonable) + "\n")
 
+
+def _generations(task: str, rows: list[dict], answers: dict, max_gen_toks: int, metrics: dict, folder: Path
+                 ) -> list[str]:
+    """generations/<task>.jsonl (prompt, answer, reference, per-item metrics), the per-item `stopped`
+    (from the generator: the answer ended at end of turn or EOS before max_gen_toks) and its mean, and
+    warnings for answers that are all empty or all cut at the limit."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stopped = []
+    with open(folder / f"{task}.jsonl", "w") as fh:
+        for row in rows:
+            doc = row.get("doc", {})
+            prompt = row["arguments"]["gen_args_0"]["arg_0"] if isinstance(row.get("arguments"), dict) else None
+            answer = (row.get("filtered_resps") or [""])[0]
+            generated = answers.get(prompt)
+            if generated is not None:
+                row["stopped"] = int(generated.stopped)
+                stopped.append(generated.stopped)
+            item = {"doc_id": row.get("doc_id"), "doc_hash": row.get("doc_hash"), "prompt_hash": row.get("prompt_hash"),
+                    "prompt": prompt, "instruction": doc.get("instruction", doc.get("prompt")), "answer": answer,
+                    "reference": doc.get("reference"), "answer_tokens": generated.tokens if generated else None,
+                    **{k: row[k] for k in ITEM_METRICS if k in row}}
+            fh.write(json.dumps(item, default=jsonable, ensure_ascii=False) + "\n")
+    if stopped:
+        x = np.asarray(stopped, float)
+        metrics["stopped"] = {"value": float(x.mean()), "stderr": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None}
+    warnings = []
+    answers_text = [(r.get("filtered_resps") or [""])[0] for r in rows]
+    if rows and all(not a.strip() for a in answers_text):
+        warnings.append(f"{task}: every one of the {len(rows)} answers is empty")
+    if stopped and not any(stopped):
+        warnings.append(f"{task}: every one of the {len(stopped)} answers ran to eval.max_gen_toks={max_gen_toks} "
+                        "without stopping (no end of turn or EOS): raise eval.max_gen_toks, or check the template")
+    for w in warnings:
+        log.warning("%s", w)
+    return warnings
+
+
+
+if __name__ == "__main__":
+    import sys
+
+    from sft_lab.reevaluate import main
+
+    sys.exit(main())

@@ -45,6 +45,8 @@ class Inputs:
     data: Any = None  # the tokenised mixture
     heldout_rows: Optional[list[dict[str, str]]] = None  # rendered (prompt, answer) for the held-out task
     heldout_sets: Optional[dict[str, list[dict[str, str]]]] = None  # the same for each heldout_<source> task
+    gen_sets: Optional[dict[str, list[dict]]] = None  # each generative task's items, prompts rendered by the template
+    stops: Any = None  # where generated answers end (templates.Stops)
 
 
 # ---------------------------------------------------------------- setup
@@ -55,15 +57,15 @@ def setup(cfg) -> Inputs:
     from sft_lab.config import heldout_sources
     from sft_lab.data import DataError, build_mixture, heldout_split
     from sft_lab.models import load_model, load_tokenizer, pick_device_and_dtype
-    from sft_lab.tasks import HELDOUT_PREFIX, check_benchmark_files
-    from sft_lab.templates import render_prompt
+    from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, check_benchmark_files, is_generative
+    from sft_lab.templates import generation_stops, render_prompt
     from sft_lab.tokens import tokenise_mixture
 
     check_benchmark_files(list(cfg.eval.tasks), cfg.paths.data_dir)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     mixture = data = None
     heldout_rows: list[dict[str, str]] = []
-    if not cfg.baseline or "heldout" in cfg.eval.tasks:
+    if not cfg.baseline or "heldout" in cfg.eval.tasks or "gen" in cfg.eval.tasks:
         mixture = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
         data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
                                 token_budget=cfg.data.tokens, prompt_loss=cfg.train.train_on_prompt,
@@ -74,11 +76,12 @@ def setup(cfg) -> Inputs:
             raise DataError(f"train.max_length={cfg.train.max_length} leaves no answer token in any of the "
                             f"{len(mixture.train)} training examples (the prompt fills the whole length); raise "
                             "train.max_length")
-        if "heldout" in cfg.eval.tasks and not heldout_rows:
-            raise DataError(f"eval.tasks has 'heldout', but data={cfg.data.name!r} holds no held-out examples "
+        for task in ("heldout", "gen"):
+            if task in cfg.eval.tasks and not heldout_rows:
+                raise DataError(f"eval.tasks has {task!r}, but data={cfg.data.name!r} holds no held-out examples "
                             f"(data.heldout_fraction={cfg.data.heldout_fraction} of "
                             f"{sum(s.get('records', 0) for s in mixture.sources.values())} records). Raise "
-                            "data.heldout_fraction or drop heldout from eval.tasks.")
+                            f"data.heldout_fraction or drop {task} from eval.tasks.")
     model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
     device, dtype = pick_device_and_dtype(cfg.model.dtype)
     window = min(getattr(model.config, "max_position_embeddings", None) or 2048, cfg.eval.heldout_max_tokens or 1 << 30)
@@ -89,15 +92,44 @@ def setup(cfg) -> Inputs:
     def fits(ex) -> bool:  # past the model's window an item would be scored on a cut-off answer
         return len(tokenizer("".join(render(ex).values())).input_ids) <= window
 
-    heldout_sets = {}
-    for task in [t for t in cfg.eval.tasks if t.startswith(HELDOUT_PREFIX)]:
-        name = task[len(HELDOUT_PREFIX):]
+    heldout_sets, gen_sets = {}, {}
+    for task in [t for t in cfg.eval.tasks if t.startswith((HELDOUT_PREFIX, GEN_PREFIX))]:
+        name = task.split("_", 1)[1]
         examples = heldout_split(name, heldout_sources()[name], cfg.data, cfg.paths.data_dir, keep=fits)
         if not examples:
             raise DataError(f"eval.tasks has {task!r}, but {name} holds no held-out examples at "
                             f"data.heldout_fraction={cfg.data.heldout_fraction}")
-        heldout_sets[task] = [render(ex) for ex in examples]
-    return Inputs(tokenizer, model, device, dtype, mixture, data, heldout_rows, heldout_sets)
+        if task.startswith(HELDOUT_PREFIX):
+            heldout_sets[task] = [render(ex) for ex in examples]
+        else:
+            gen_sets[task] = [generation_item(ex.conversation, cfg.template, tokenizer) for ex in examples]
+    if "gen" in cfg.eval.tasks:
+        gen_sets["gen"] = [generation_item(ex.conversation, cfg.template, tokenizer) for ex in mixture.heldout]
+    if "ifeval" in cfg.eval.tasks:
+        from sft_lab.ifeval import load_docs
+        from sft_lab.punkt import require
+        from sft_lab.templates import generation_prompt
+
+        require()
+        gen_sets["ifeval"] = [{**doc, "rendered": generation_prompt(doc["prompt"], cfg.template, tokenizer)}
+                              for doc in load_docs(cfg.paths.data_dir)]
+    stops = None
+    if any(is_generative(t) for t in cfg.eval.tasks):
+        stops = generation_stops(cfg.template, tokenizer)
+        if not stops.until:
+            log.warning("%s", stops.note)
+    return Inputs(tokenizer, model, device, dtype, mixture, data, heldout_rows, heldout_sets, gen_sets, stops)
+
+
+def generation_item(conversation: list[dict], template, tokenizer) -> dict[str, str]:
+    """A held-out conversation as a generation prompt: the prompt as trained, up to where the last answer
+    starts; the reference answer; and the instruction alone, for reading."""
+    from sft_lab.templates import render_prompt
+
+    prompt, _ = render_prompt(conversation, template, tokenizer)
+    user = [m for m in conversation if m["role"] == "user"]
+    instruction = user[-1]["content"] + (f"\n\n{user[-1]['input']}" if user and user[-1].get("input") else "")
+    return {"prompt": prompt, "reference": conversation[-1]["content"], "instruction": instruction}
 
 
 # ---------------------------------------------------------------- start
@@ -106,12 +138,9 @@ def setup(cfg) -> Inputs:
 def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Optional[str],
           sweep: Optional[dict], earlier: Optional[RunRecord], overrides: Optional[list[str]] = None) -> RunRecord:
     """The task folder, the Hydra files and the first record (status running); an earlier attempt is counted."""
-    from sft_lab.tasks import write_tasks
-    from sft_lab.templates import render_prompt
+    from sft_lab.templates import fingerprint_template
 
-    write_tasks(run_dir / "tasks", cfg.paths.data_dir, inputs.heldout_rows or [],
-                render=lambda conv: render_prompt(conv, cfg.template, inputs.tokenizer),
-                heldout_sets=inputs.heldout_sets)
+    write_task_folder(cfg, run_dir, inputs)
     mixture, data = inputs.mixture, inputs.data
     record = RunRecord(
         status="running", fingerprint=fp, run_dir=str(run_dir), config=config, name=run_name(config), group=group,
@@ -124,10 +153,22 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
         started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep, overrides=list(overrides or []),
     )
+    record.data["template_fingerprint"] = fingerprint_template(cfg.template, inputs.tokenizer)  # prompts as trained
     _write_hydra_files(run_dir, config, record.overrides)
     rec.write_record(run_dir, record)
     index.update(cfg.paths.runs_dir, record)
     return record
+
+
+def write_task_folder(cfg, run_dir: Path, inputs: Inputs) -> None:
+    """<run>/tasks: the task YAMLs and the items the run renders itself (held-out, generation, toy)."""
+    from sft_lab.tasks import write_tasks
+    from sft_lab.templates import render_prompt
+
+    write_tasks(run_dir / "tasks", cfg.paths.data_dir, inputs.heldout_rows or [],
+                render=lambda conv: render_prompt(conv, cfg.template, inputs.tokenizer),
+                heldout_sets=inputs.heldout_sets, gen_sets=inputs.gen_sets,
+                until=inputs.stops.until if inputs.stops else None, max_gen_toks=cfg.eval.max_gen_toks)
 
 
 def _write_hydra_files(run_dir: Path, config: dict, overrides: list[str]) -> None:
@@ -208,11 +249,23 @@ def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> No
 
     model = merged_for_eval(model)
 
-    results, protocol = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir)
+    generation = None
+    if inputs.stops is not None:
+        from sft_lab.templates import fingerprint_template
+
+        generation = {"until": inputs.stops.until, "stop": inputs.stops.note,
+                      "template": cfg.template.name, "template_fingerprint": fingerprint_template(cfg.template, inputs.tokenizer)}
+    results, protocol, warnings = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir, generation)
     if "heldout" in cfg.eval.tasks and inputs.data is not None and inputs.data.heldout:
         loss = heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id)
         results.setdefault("heldout", {})["loss"] = {"value": loss, "stderr": None}
     record.eval, record.eval_protocol = results, protocol
+    from sft_lab.checks import flag_same_as_base
+    from sft_lab.tasks import is_generative
+
+    warnings += flag_same_as_base(cfg.paths.runs_dir, run_dir, record.config,
+                                  [t for t in cfg.eval.tasks if is_generative(t)])
+    record.warnings = [*record.warnings, *warnings]
 
 
 # ---------------------------------------------------------------- finish

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from sft_lab.errors import UserError
 from sft_lab.files import atomic_write
-from sft_lab.tasks import is_heldout
+from sft_lab.tasks import is_generative, is_heldout
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
@@ -37,7 +37,8 @@ ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit
                ("train", "train_on_prompt"): False, ("train", "neftune_alpha"): None,
                ("train", "optimizer"): "adamw_torch",
                ("train", "micro_batch_size"): None, ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
-               ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None}
+               ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None,
+               ("eval", "max_gen_toks"): 256, ("eval", "gen_batch_size"): 32}
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -47,8 +48,11 @@ def fingerprint(config: dict[str, Any]) -> str:
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     if config.get("baseline"):  # nothing is trained: one base run per model and eval protocol
         drop = {"lora", "train", "lr", "seed"}
-        if not any(is_heldout(t) for t in config.get("eval", {}).get("tasks", [])):  # items from the data
+        tasks = config.get("eval", {}).get("tasks", [])
+        if not any(is_heldout(t) for t in tasks):  # items from the data
             drop |= {"data", "template"}
+        if any(is_generative(t) for t in tasks):  # prompted through the template
+            drop -= {"template"}
         semantic = {k: v for k, v in semantic.items() if k not in drop}
     blob = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -90,6 +94,7 @@ class RunRecord:
     overrides: Optional[list[str]] = None  # the command line's (or the sweep trial's) Hydra overrides
     wandb_run_id: Optional[str] = None
     error: Optional[str] = None
+    warnings: list[str] = field(default_factory=list)  # results that are there but suspect (e.g. every answer empty)
     traceback: Optional[str] = None
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they were

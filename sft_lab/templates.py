@@ -98,6 +98,32 @@ def render_prompt(conv: list[dict], template, tokenizer) -> tuple[str, str]:
     return "".join(t for t, _ in before), answer
 
 
+def generation_prompt(instruction: str, template, tokenizer) -> str:
+    """The text a model trained with this template sees before it answers one instruction."""
+    return render_prompt([{"role": "user", "content": instruction}, {"role": "assistant", "content": ""}],
+                         template, tokenizer)[0]
+
+
+@dataclass
+class Stops:
+    until: list[str]  # stop strings for generation: the end-of-turn marker, when the template has one
+    note: str  # where an answer ends, in words (for the log and the record)
+
+
+def generation_stops(template, tokenizer) -> Stops:
+    """Where a generated answer ends: the template's end-of-turn marker, the text each trained answer ends
+    with, or else at EOS alone (a template whose answers end in nothing but whitespace)."""
+    probe = "\x00answer\x00"
+    trained = "".join(t for t, is_trained in render_segments(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": probe}], template, tokenizer) if is_trained)
+    marker = trained.split(probe, 1)[1].strip()
+    eos = tokenizer.eos_token
+    if not marker:
+        return Stops([], f"template {template.name!r} has no end-of-turn marker (its answers end in whitespace): "
+                         f"generation stops at EOS ({eos!r}) or at max_gen_toks")
+    return Stops([marker], f"at the end-of-turn marker {marker!r}" + (f" or EOS ({eos!r})" if marker != eos else ""))
+
+
 @dataclass
 class Tokenised:
     input_ids: list[int]

@@ -14,7 +14,7 @@ import pandas as pd
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.collect import collect, collect_wandb
 from sft_lab.errors import UserError
-from sft_lab.tasks import is_heldout
+from sft_lab.tasks import is_generative, is_heldout
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -70,6 +70,8 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
         return df.iloc[0:0]
     first = runs.iloc[0]
     keys = [f"eval.{k}" for k in ("limit", "num_fewshot", "apply_chat_template", "include_path")]
+    if any(is_generative(t) for t in tasks):
+        keys.append("eval.max_gen_toks")
     if any(is_heldout(t) for t in tasks):  # heldout_<source> items depend on these
         keys += ["data.heldout_fraction", "data.heldout_max", "eval.heldout_max_tokens"]
     settings = {k: first.get(k) for k in keys}
@@ -79,7 +81,10 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
             b = frame[frame["baseline"] & (frame["model"] == model) & (frame["template"] == first["template"])]
             for k, v in settings.items():
                 b = b[(b[k] if k in b else pd.Series(None, index=b.index)).map(_override_value) == _override_value(v)]
-            return b[b[[f"eval/{t}/acc" for t in tasks if f"eval/{t}/acc" in b]].notna().all(axis=1)] if len(b) else b
+            for t in tasks:  # every task the runs have, whatever its metrics
+                cols = [c for c in b.columns if c.startswith(f"eval/{t}/")]
+                b = b[b[cols].notna().any(axis=1)] if cols else b.iloc[0:0]
+            return b
         base = matching(df)
         if base.empty:
             row = runs[runs["model"] == model].iloc[0]

@@ -93,7 +93,9 @@ def load_items(run_dir: str, task: str, metric: str) -> dict[tuple, Any]:
     """Per-item results of one run (from samples/<task>.jsonl): item key -> value.
 
     The key is (doc_id, doc_hash, prompt_hash), so two runs share a key only for the same item asked
-    the same way. A value is a float, or (bits, bytes) for bits_per_byte, whose aggregate is a ratio.
+    the same way. A value is a float (a bool counts 0/1), or a pair whose aggregate is a ratio of sums:
+    (bits, bytes) for bits_per_byte, and (followed, instructions) for a list of per-instruction booleans
+    (IFEval's instruction-level metrics, which pool every instruction of every prompt).
     """
     path = Path(run_dir) / "samples" / f"{task}.jsonl"
     if not path.is_file():
@@ -105,6 +107,8 @@ def load_items(run_dir: str, task: str, metric: str) -> dict[tuple, Any]:
         value = row.get(metric)
         if metric == "bits_per_byte" and isinstance(value, list) and len(value) == 2:
             items[key] = (-float(value[0]) / math.log(2), float(value[1]))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif isinstance(value, list) and value and all(isinstance(x, (bool, int)) for x in value):
+            items[key] = (float(sum(value)), float(len(value)))
+        elif isinstance(value, (int, float)):
             items[key] = float(value)
     return items

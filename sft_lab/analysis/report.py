@@ -29,7 +29,7 @@ from sft_lab.analysis import table as tbl
 from sft_lab.analysis.cli import apply_filters, ensure_base
 from sft_lab.analysis.collect import collect
 from sft_lab.errors import UserError
-from sft_lab.tasks import HELDOUT_PREFIX, is_heldout
+from sft_lab.tasks import HELDOUT_PREFIX, is_generative, is_heldout
 
 FIGURES = {"benchmarks": "Benchmarks: mean ± 95% CI per row", "transfer": "Transfer matrix: Δ bits per byte on each "
            "held-out set vs the base model (negative: the trained model predicts those answers better)",
@@ -73,7 +73,8 @@ def analyse(runs_dir: str, rows: Optional[list[str]] = None, filters: Optional[l
     rows = rows or varying_factors(runs)
     ref = "base" if not base_df.empty else None
     tables = {}
-    for name, keep in (("benchmarks", lambda t: not is_heldout(t)), ("heldout", is_heldout)):
+    for name, keep in (("benchmarks", lambda t: not is_heldout(t) and not is_generative(t)), ("heldout", is_heldout),
+                       ("generation", is_generative)):
         part = _columns_of(runs, keep)
         if any(c.startswith("eval/") for c in part.columns):
             tables[name] = tbl.build(part, rows, ref=ref, base=_columns_of(base_df, keep) if ref else None,
@@ -160,6 +161,10 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bo
 figcaption { font-size: 13px; color: #444; } dl.protocol { display: grid; grid-template-columns: max-content auto;
 gap: 4px 16px; font-size: 13px; } dl.protocol dt { font-weight: 600; } .legend-box { background: #f7f9fc;
 border-left: 4px solid #4477aa; padding: 0.5em 1em; font-size: 13px; }
+.sample { border: 1px solid #ddd; margin: 1em 0; padding: 0.5em; } .sample pre { white-space: pre-wrap;
+font-size: 12px; margin: 0.3em 0; } .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr));
+gap: 8px; } .answer { background: #fafafa; padding: 0.4em; } .who { font-weight: 600; font-size: 13px; }
+.scores { font-size: 11px; color: #555; }
 """
 
 
@@ -217,6 +222,96 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+TITLES = {"benchmarks": "Benchmarks (accuracy)", "heldout": "Held-out sets (bits per byte, lower is better)",
+          "generation": "Generation (IFEval and generated answers)"}
+SAMPLES_PER_TASK = 2  # the first prompts of each generative task, plus as many where the rows differ most
+SAMPLE_CHARS = 1200
+
+
+def samples_html(study: Study) -> str:
+    """The same prompts answered by the base model and by each row's first seed, side by side.
+
+    The rule: for each generative task, its first SAMPLES_PER_TASK prompts (by item id), then the
+    SAMPLES_PER_TASK prompts whose per-item score differs most across the columns (IFEval: the share of
+    instructions followed, loose; gen*: ROUGE-L), ties by item id."""
+
+    table = study.tables.get("generation")
+    if table is None:
+        return ""
+    columns = []  # (label, run_dir)
+    if not study.base.empty:
+        columns.append(("base model", study.base["run_dir"].iloc[0]))
+    for row in table.rows:
+        if row.is_base or not row.runs:
+            continue
+        runs = study.runs[study.runs["run_dir"].isin(row.runs)].sort_values("seed" if "seed" in study.runs else "run_dir")
+        columns.append((" / ".join(str(x) for x in row.labels) + " (seed " + str(runs["seed"].iloc[0]) + ")"
+                        if "seed" in runs else " / ".join(map(str, row.labels)), runs["run_dir"].iloc[0]))
+    tasks = sorted({c.split("/")[0] for c in table.columns if "/" in c})
+    parts = []
+    for task in tasks:
+        per_col = [_generations(d, task) for _, d in columns]
+        shared = sorted(set.intersection(*[set(g) for g in per_col]) if per_col else set(), key=lambda k: (k[0] if isinstance(k[0], int) else -1, str(k)))
+        if not shared:
+            continue
+        chosen = shared[:SAMPLES_PER_TASK]
+        spread = sorted(shared[SAMPLES_PER_TASK:], key=lambda k: -_spread([g[k] for g in per_col]))
+        chosen += [k for k in spread[:SAMPLES_PER_TASK] if _spread([g[k] for g in per_col]) > 0]
+        for key in chosen:
+            first = per_col[0][key]
+            cells = "".join(
+                f'<div class="answer"><div class="who">{html.escape(label)}</div><pre>{html.escape(_clip(g[key]["answer"]))}</pre>'
+                f'<div class="scores">{html.escape(_scores(g[key]))}</div></div>' for (label, _), g in zip(columns, per_col))
+            parts.append(f'<div class="sample" data-task="{html.escape(task)}"><div class="prompt"><b>{html.escape(task)}'
+                         f"</b> item {html.escape(str(key[0]))}<pre>{html.escape(_clip(first.get('instruction') or ''))}</pre>"
+                         f'</div><div class="answers">{cells}</div></div>')
+    if not parts:
+        return ""
+    rule = (f"Prompts: for each generative task, its first {SAMPLES_PER_TASK} items, then up to {SAMPLES_PER_TASK} where "
+            "the per-item score differs most across the columns (IFEval: instructions followed, loose; otherwise ROUGE-L). "
+            "Each trained row shows its first seed; answers are greedy and cut here at "
+            f"{SAMPLE_CHARS} characters (whole in each run's generations/&lt;task&gt;.jsonl).")
+    return f'<p class="meta">{rule}</p>' + "\n".join(parts)
+
+
+def _generations(run_dir: str, task: str) -> dict:
+    path = Path(run_dir) / "generations" / f"{task}.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {(r.get("doc_id"), r.get("doc_hash")): r for r in rows}
+
+
+def _item_score(g: dict) -> float:
+    v = g.get("inst_level_loose_acc")
+    if isinstance(v, list) and v:
+        return sum(v) / len(v)
+    return float(g.get("rougeL") or 0.0)
+
+
+def _spread(gens: list[dict]) -> float:
+    scores = [_item_score(g) for g in gens]
+    return max(scores) - min(scores) if scores else 0.0
+
+
+def _scores(g: dict) -> str:
+    out = []
+    for k in ("prompt_level_strict_acc", "prompt_level_loose_acc", "rougeL", "words", "stopped"):
+        if k in g:
+            v = g[k]
+            out.append(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {int(v)}")
+    if isinstance(g.get("inst_level_loose_acc"), list):
+        v = g["inst_level_loose_acc"]
+        out.append(f"instructions followed (loose) {sum(v)}/{len(v)}")
+    if g.get("answer_tokens") is not None:
+        out.append(f"{g['answer_tokens']} tokens")
+    return " · ".join(out)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SAMPLE_CHARS else text[:SAMPLE_CHARS] + " […]"
+
+
 def render_html(study: Study, out: Path) -> str:
     legends = list({line.split(":")[0]: line for t in reversed(study.tables.values()) for line in t.legend}.values())
     parts = [f"<h1>sft-lab report: {html.escape(str(study.runs_dir))}</h1>",
@@ -226,9 +321,11 @@ def render_html(study: Study, out: Path) -> str:
              "eval items; Δ is the change from the base model; † marks a change from the base model that is "
              "significant at p &lt; 0.05 after a Holm correction across the table; ° marks a cell that cannot be "
              "tested (one seed). The full legend is under each table.</div>"]
-    titles = {"benchmarks": "Benchmarks (accuracy)", "heldout": "Held-out sets (bits per byte, lower is better)"}
     for name, t in study.tables.items():
-        parts += [f"<h2>{titles[name]}</h2>", tbl.html_table(t)]
+        parts += [f"<h2>{TITLES[name]}</h2>", tbl.html_table(t)]
+    samples = samples_html(study)
+    if samples:
+        parts += ['<h2 id="samples">Samples</h2>', samples]
     if study.figures:
         parts.append("<h2>Figures</h2>")
         parts += [_figure(p, FIGURES[k]) for k, p in study.figures.items()]
@@ -280,8 +377,7 @@ def study_main(argv=None) -> int:
     try:
         study = analyse(args.runs_dir, args.rows.split(",") if args.rows else None, args.filter)
         write_report(study, out / "report.html", figures_dir=out)
-        titles = {"benchmarks": "Benchmarks (accuracy)", "heldout": "Held-out sets (bits per byte)"}
-        (out / "table.md").write_text("\n".join(f"### {titles[n]}\n\n{tbl.to_markdown(t)}"
+        (out / "table.md").write_text("\n".join(f"### {TITLES[n]}\n\n{tbl.to_markdown(t)}"
                                                 for n, t in study.tables.items()) + f"\nCost: {cost(study)}\n")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

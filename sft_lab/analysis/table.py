@@ -19,11 +19,15 @@ import pandas as pd
 from sft_lab.analysis import stats
 from sft_lab.analysis.collect import load_items
 from sft_lab.errors import UserError
-from sft_lab.tasks import is_heldout
+from sft_lab.tasks import is_generative, is_heldout
 
 LOWER_IS_BETTER = {"loss", "bits_per_byte", "perplexity"}
+NO_BEST = {"words"}  # a length: neither higher nor lower is better
 METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
 DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
+# Generative tasks get a column per metric: what SFT changes is content, length, format and stopping.
+GENERATIVE_METRICS = {"ifeval": ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                                 "inst_level_loose_acc"], "gen": ["rougeL", "words", "stopped"]}
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
                "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended")
 ALPHA = 0.05
@@ -55,6 +59,7 @@ class Row:
     is_base: bool = False
     is_ref: bool = False
     runs: list[str] = field(default_factory=list)
+    same_as_base: list[str] = field(default_factory=list)  # generative tasks on which every answer is the base's
 
 
 @dataclass
@@ -76,17 +81,43 @@ def pick_metric(df: pd.DataFrame, task: str, metric: Optional[str]) -> Optional[
     return have[0] if have else None
 
 
+def task_columns(df: pd.DataFrame, task: str, metric: Optional[str]) -> list[str]:
+    """A task's columns: one metric (pick_metric), or every metric of a generative task."""
+    have = {c.split("/")[2] for c in df.columns if c.startswith(f"eval/{task}/")}
+    if is_generative(task) and not (metric and metric in have):
+        found = [m for m in GENERATIVE_METRICS["ifeval" if task == "ifeval" else "gen"] if m in have]
+        if found:
+            return [f"{task}/{m}" for m in found]
+    return [f"{task}/{pick_metric(df, task, metric)}"]
+
+
 def higher_is_better(column: str) -> bool:
     return column.split("/")[-1] not in LOWER_IS_BETTER
 
 
-def check_protocols(df: pd.DataFrame, tasks: list[str]) -> list[str]:
-    """Names each protocol field that differs between runs; empty when all agree."""
+def check_protocols(df: pd.DataFrame, tasks: list[str], rows: Optional[list[str]] = None) -> list[str]:
+    """Names each protocol field that differs between runs; empty when all agree.
+
+    Per task: its item limit, few-shot count, version and, for a generative task, max_gen_toks, the decoding,
+    the stop strings and the template fingerprint (unless the template is a row factor: then its prompts differ
+    by design, and the items' prompt hashes keep such rows from being compared item by item)."""
+    by_template = "template" in (rows or [])
+
+    def gen(p: dict, t: str):
+        g = dict((p.get("generation") or {}).get(t) or {})
+        g.pop("stop", None)
+        if by_template:
+            g.pop("template_fingerprint", None), g.pop("template", None), g.pop("until", None)
+        return g or None
+
     def view(p: str) -> dict:
         p = json.loads(p)
-        return {"limit": p.get("limit"), "apply_chat_template": p.get("apply_chat_template"),
+        limits = p.get("limits") or {}
+        return {"apply_chat_template": p.get("apply_chat_template"),
+                **{f"limit[{t}]": limits.get(t, p.get("limit")) for t in tasks},
                 **{f"n_shot[{t}]": (p.get("n_shot") or {}).get(t) for t in tasks},
-                **{f"version[{t}]": (p.get("task_versions") or {}).get(t) for t in tasks}}
+                **{f"version[{t}]": (p.get("task_versions") or {}).get(t) for t in tasks},
+                **{f"generation[{t}]": gen(p, t) for t in tasks if is_generative(t)}}
 
     views = [view(p) for p in df["protocol"]]
     return [f"{k}: {sorted({json.dumps(v.get(k)) for v in views})}" for k in views[0]
@@ -149,11 +180,11 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         raise TableError(f"--rows: unknown key(s) {missing}; try config keys such as data, template, lr, lora.r, seed")
     tasks = sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/")})
     tasks = [t for t in tasks if runs[[c for c in runs.columns if c.startswith(f"eval/{t}/")]].notna().any(axis=1).all()]
-    columns = [f"{t}/{pick_metric(runs, t, metric)}" for t in tasks]
+    columns = [c for t in tasks for c in task_columns(runs, t, metric)]
     legend: list[str] = []
     has_base = base is not None and not base.empty
     both = pd.concat([runs, base]) if has_base else runs
-    diffs = check_protocols(both, [t for t in tasks if not has_base or t != "heldout"])
+    diffs = check_protocols(both, [t for t in tasks if not has_base or t != "heldout"], rows)
     if diffs:
         if not allow_mixed:
             raise TableError("runs differ in eval protocol, so their numbers are not comparable: " + "; ".join(diffs)
@@ -165,7 +196,7 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     base_dirs = [d for d in base["run_dir"].tolist() if d] if has_base else []
     shared = {c: items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c) for c in columns}
     differ = [c for c in columns if shared[c] is None and any(items.of(d, c) for d in all_dirs)]
-    acc_columns = [c for c in columns if higher_is_better(c)]
+    acc_columns = [c for c in columns if higher_is_better(c) and not is_generative(c.split("/")[0])]
     average_ok = bool(acc_columns) and all(shared[c] for c in acc_columns)
     pooled = pooled_factors(runs, rows, seeds)
 
@@ -217,10 +248,13 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
                 if not row.is_base and b and not math.isnan(b.mean) and col in comparable:
                     cell.delta = cell.mean - b.mean
         legend.append("Δ: difference from the base model (first row), evaluated with the same protocol.")
+    generative = sorted({c.split("/")[0] for c in columns if is_generative(c.split("/")[0])})
+    if base_row and generative and base_dirs:
+        _mark_same_as_base(table_rows, base_dirs[0], generative, legend)
     tested = [c for c in columns if shared[c]] + (["Average"] if average_ok else [])
     if ref:
         _significance(table_rows, tested, ref, items, shared, acc_columns, legend)
-    for col in comparable:
+    for col in [c for c in comparable if c.split("/")[-1] not in NO_BEST]:
         cand = [r.cells[col] for r in table_rows if not r.is_base and col in r.cells and not math.isnan(r.cells[col].mean)]
         if cand:
             best = (max if higher_is_better(col) else min)(c.mean for c in cand)
@@ -239,12 +273,35 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         legend.append("min. detectable Δ: the smallest true difference between two rows that a test here finds with "
                       "80% power at α=0.05 (two-sided, before Holm), for rows of the fewest seeds in the table and "
                       "the items shown; variance components pooled over the rows.")
+    if generative:
+        legend.append(GENERATIVE_LEGEND)
     if pooled:
         legend.append("Rows pool over: " + ", ".join(pooled[:6]) + ("…" if len(pooled) > 6 else "")
                       + "; those cells' n counts runs over the factors named in the cell (e.g. n=4: seed×lr).")
     if excluded:
         legend.append("Excluded: " + ", ".join(f"{n} {s}" for s, n in sorted(excluded.items())) + " run(s).")
     return Table(list(rows), all_columns, table_rows, legend, power)
+
+
+GENERATIVE_LEGEND = (
+    "Generative columns: greedy answers, prompted by each run's template and stopped at its end of turn or EOS, up "
+    "to eval.max_gen_toks. ifeval: prompt_level_* is 1 when a prompt's every instruction is followed; inst_level_* "
+    "counts every instruction of every prompt (as lm-eval reports it), so it is a ratio (instructions followed / "
+    "instructions given), tested over prompts with per-prompt pseudo-values: each prompt is one item, weighted by "
+    "its number of instructions. gen*: rougeL is ROUGE-L F against the reference answer, words the answer's length "
+    "(no best), stopped the share of answers that ended before the token limit.")
+
+
+def _mark_same_as_base(table_rows: list[Row], base_dir: str, tasks: list[str], legend: list[str]) -> None:
+    from sft_lab.checks import same_as_base
+
+    for row in table_rows:
+        if row.is_base:
+            continue
+        row.same_as_base = [t for t in tasks if row.runs and all(same_as_base(d, base_dir, t) for d in row.runs if d)]
+    if any(r.same_as_base for r in table_rows):
+        legend.append("‡: every greedy answer of this row's runs equals the base model's on the task(s) named: the "
+                      "adapter may not have been applied, or training changed nothing.")
 
 
 def _label(x):
@@ -350,6 +407,7 @@ def _body(t: Table, bold=("**", "**"), dagger="†") -> list[list[str]]:
     out = []
     for r in t.rows:
         label = [(f"*{x}*" if x != "" else "") if r.is_base else str(x) + (" (ref)" if r.is_ref and i == 0 else "")
+                 + (f" ‡ ({', '.join(r.same_as_base)})" if r.same_as_base and i == 0 else "")
                  for i, x in enumerate(r.labels)]
         out.append(label + [cell_text(r.cells[c], bold, dagger) if c in r.cells else "–" for c in t.columns]
                    + [r.cost])

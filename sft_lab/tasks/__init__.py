@@ -1,9 +1,9 @@
 """Evaluation tasks: which names exist, and the task folder each run evaluates from.
 
 The shipped task YAMLs here are lm-eval tasks whose data paths are placeholders (__DATA_DIR__ for the
-benchmark files in paths.data_dir, __TASKS_DIR__ for items a run writes itself: its held-out split
-and the toy tasks). `write_tasks` fills them in under <run>/tasks/, so the run folder shows exactly
-what was evaluated.
+benchmark files in paths.data_dir, __TASKS_DIR__ for items a run writes itself: its held-out split,
+its generation prompts and the toy tasks; __UNTIL__ and __MAX_GEN_TOKS__ for how generation stops).
+`write_tasks` fills them in under <run>/tasks/, so the run folder shows exactly what was evaluated.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ class TaskError(UserError):
 
 
 HELDOUT_PREFIX = "heldout_"  # heldout_<source>: a local instruction set's held-out split (eval.heldout=all)
+
+
+GEN_PREFIX = "gen_"  # gen_<source>: generated answers on a local set's held-out prompts (those of heldout_<source>)
+
+
+def is_generative(task: str) -> bool:
+    """Scored on generated text: ifeval, gen (the run's own held-out prompts) and gen_<source>."""
+    return task in ("ifeval", "gen") or task.startswith(GEN_PREFIX)
 
 
 def is_heldout(task: str) -> bool:
@@ -82,22 +90,34 @@ def check_benchmark_files(tasks: list[str], data_dir: str) -> None:
 
 
 def write_tasks(tasks_dir: Path, data_dir: str, heldout_rows: list[dict[str, str]],
-                render: Optional[Callable] = None, heldout_sets: Optional[dict[str, list[dict[str, str]]]] = None
-                ) -> None:
+                render: Optional[Callable] = None, heldout_sets: Optional[dict[str, list[dict[str, str]]]] = None,
+                gen_sets: Optional[dict[str, list[dict]]] = None, until: Optional[list[str]] = None,
+                max_gen_toks: int = 256) -> None:
     """The shipped task YAMLs with their paths filled in, the held-out items, and the toy tasks' items.
 
     `render(conversation) -> (prompt, answer)` is the run's template, so toy prompts read as trained.
     `heldout_sets` maps heldout_<source> to its items; each becomes a task shaped like `heldout`.
+    `gen_sets` maps each generative task (ifeval, gen, gen_<source>) to its rendered items; gen_<source>
+    tasks are shaped like `gen`. `until` and `max_gen_toks` say where generation stops.
     """
     tasks_dir.mkdir(parents=True, exist_ok=True)
     for src in SHIPPED_DIR.glob("*.yaml"):
-        (tasks_dir / src.name).write_text(_filled(src.read_text(), data_dir, tasks_dir))
-    shutil.copy(SHIPPED_DIR / "heldout_utils.py", tasks_dir / "heldout_utils.py")
+        text = _filled(src.read_text(), data_dir, tasks_dir)
+        text = text.replace("__UNTIL__", json.dumps(list(until or []))).replace("__MAX_GEN_TOKS__", str(int(max_gen_toks)))
+        (tasks_dir / src.name).write_text(text)
+    for utils in ("heldout_utils.py", "gen_utils.py"):
+        shutil.copy(SHIPPED_DIR / utils, tasks_dir / utils)
     _write_jsonl(tasks_dir / "heldout.jsonl", heldout_rows)
     heldout_yaml = (tasks_dir / "heldout.yaml").read_text()
     for task, rows in (heldout_sets or {}).items():
         text = heldout_yaml.replace("task: heldout\n", f"task: {task}\n").replace("heldout.jsonl", f"{task}.jsonl")
         (tasks_dir / f"{task}.yaml").write_text(text)
+        _write_jsonl(tasks_dir / f"{task}.jsonl", rows)
+    gen_yaml = (tasks_dir / "gen.yaml").read_text()
+    for task, rows in (gen_sets or {}).items():
+        if task.startswith(GEN_PREFIX):
+            text = gen_yaml.replace("task: gen\n", f"task: {task}\n").replace("gen.jsonl", f"{task}.jsonl")
+            (tasks_dir / f"{task}.yaml").write_text(text)
         _write_jsonl(tasks_dir / f"{task}.jsonl", rows)
     if render is not None:
         from sft_lab import toy
