@@ -303,6 +303,8 @@ def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
                       [[t, m, v["value"], v["stderr"]] for t, ms in record.eval.items() for m, v in ms.items()])
         for samples in sorted((run_dir / "samples").glob("*.jsonl")):
             tracker.table(f"eval/samples/{samples.stem}", *sample_rows(samples))
+        for generations in sorted((run_dir / "generations").glob("*.jsonl")):  # same shape: one row per prompt
+            tracker.table(f"eval/generations/{generations.stem}", *sample_rows(generations))
         tracker.summary(_summary(record))
         tracker.weights(record.artifacts.get("weights"), record.name)
         status = "finished"

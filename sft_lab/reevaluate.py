@@ -168,6 +168,8 @@ def main(argv=None) -> int:
                 log.info("skipping %s (%s)", folder, record.status if record else "no record")
                 continue
             cfg = config_for(record, args.overrides)
+            if not any(o.startswith("paths.runs_dir=") for o in args.overrides):
+                cfg.paths.runs_dir = str(folder.parent)  # where it is now, whatever it was run as
             todo = plan(record, cfg)
             if todo:
                 work.append((folder, record, cfg, todo))

@@ -19,6 +19,7 @@ def run_summary(record: RunRecord) -> str:
         for task, metric, v in rows:
             half = f"± {1.96 * v['stderr']:.4f}" if v.get("stderr") else ""
             lines.append(f"  {task + '/' + metric:<{width}}  {_num(v.get('value'))}  {half}")
+    lines += [f"  WARNING: {w}" for w in record.warnings]
     return "\n".join(lines)
 
 

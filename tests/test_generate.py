@@ -1,0 +1,66 @@
+"""Greedy generation: the continuous batch gives lm-eval hf's answers, stops where it stops, and says so."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose
+
+from sft_lab.generate import EvalLM, Generator, cut
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    from sft_lab.models import load_model
+
+    cfg = compose(["model=tiny"])
+    return load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval()
+
+
+PROMPTS = ["Name three colours.", "Write a haiku about rain, in English, with no commas at all please.",
+           "2+2=", "Translate 'cat' into French.", "List the planets of the solar system in order from the sun.",
+           "Hi", "Explain gravity to a child in two sentences.", "What is the capital of Peru?"]
+
+
+def requests(until, max_gen_toks=12):
+    from lm_eval.api.instance import Instance
+
+    return [Instance("generate_until", doc={}, arguments=(p, {"until": list(until), "max_gen_toks": max_gen_toks,
+                                                             "do_sample": False}), idx=i) for i, p in enumerate(PROMPTS)]
+
+
+def test_continuous_batch_answers_as_lm_eval_hf_does(tiny, tokenizer):
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=tiny, tokenizer=tokenizer, batch_size=3).generate_until(requests([]), disable_tqdm=True)
+    # a stop string that one answer meets early: answers are cut there, as lm-eval cuts them
+    stop = tokenizer.decode(tokenizer(hf[0], add_special_tokens=False).input_ids[3:4])
+    hf_stop = HFLM(pretrained=tiny, tokenizer=tokenizer, batch_size=3).generate_until(requests([stop]), disable_tqdm=True)
+    assert hf_stop != hf and hf_stop[0] != hf[0]
+    for rows in (1, 3, 8):  # rows < prompts: answers leave the batch and waiting prompts take their place
+        lm = EvalLM(pretrained=tiny, tokenizer=tokenizer, batch_size=3)
+        lm.gen_batch_size = rows
+        assert lm.generate_until(requests([]), disable_tqdm=True) == hf
+        assert lm.generate_until(requests([stop]), disable_tqdm=True) == hf_stop
+        stopped = [lm.answers[p].stopped for p in PROMPTS]
+        assert stopped[0] and not all(stopped)  # the stop string ended the first; the limit ended others
+        assert all(lm.answers[p].tokens == 12 for p, s in zip(PROMPTS, stopped) if not s)
+
+
+def test_generator_stops_at_eos_and_counts_tokens(tiny, tokenizer):
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS[:3]]
+    free = Generator(tiny, tokenizer, batch_size=2).generate(ids, [[]] * 3, [6] * 3, progress=False)
+    assert all(a.tokens == 6 and not a.stopped for a in free)
+    # make the model's second greedy token the end of sequence: the answer ends there, without it
+    first = tokenizer(free[0].text, add_special_tokens=False).input_ids
+    tokenizer_eos = tokenizer.eos_token_id
+    try:
+        tokenizer.eos_token_id = first[1]
+        cut_short = Generator(tiny, tokenizer, batch_size=2).generate(ids[:1], [[]], [6], progress=False)[0]
+    finally:
+        tokenizer.eos_token_id = tokenizer_eos
+    assert cut_short.stopped and cut_short.tokens == 2
+
+
+def test_cut_is_lm_evals_rule():
+    assert cut("a<|im_end|>b### c", ["<|im_end|>", "###"]) == "a"
+    assert cut("no stop here", ["", "###"]) == "no stop here"
