@@ -155,6 +155,17 @@ def _write_samples(samples: dict[str, list[dict]], folder: Path) -> None:
                 fh.write(json.dumps(keep, default=jsonable) + "\n")
 
 
+def _context(arguments) -> Optional[str]:
+    """The prompt of a generate_until sample: in memory [(context, gen_kwargs)], in lm-eval's files
+    {"gen_args_0": {"arg_0": context, ...}}."""
+    if isinstance(arguments, dict):
+        return (arguments.get("gen_args_0") or {}).get("arg_0")
+    if isinstance(arguments, (list, tuple)) and arguments:
+        first = arguments[0]
+        return first[0] if isinstance(first, (list, tuple)) else first if isinstance(first, str) else None
+    return None
+
+
 def _generations(task: str, rows: list[dict], answers: dict, max_gen_toks: int, metrics: dict, folder: Path
                  ) -> list[str]:
     """generations/<task>.jsonl (prompt, answer, reference, per-item metrics), the per-item `stopped`
@@ -167,7 +178,7 @@ def _generations(task: str, rows: list[dict], answers: dict, max_gen_toks: int, 
     with open(folder / f"{task}.jsonl", "w") as fh:
         for row in rows:
             doc = row.get("doc", {})
-            prompt = row["arguments"]["gen_args_0"]["arg_0"] if isinstance(row.get("arguments"), dict) else None
+            prompt = _context(row.get("arguments"))
             answer = (row.get("filtered_resps") or [""])[0]
             generated = answers.get(prompt)
             if generated is not None:

@@ -26,7 +26,8 @@ def test_generation_prompt_is_the_trained_prompt_and_stops_at_end_of_turn(tokeni
 def test_a_template_without_end_of_turn_says_it_stops_at_eos(tokenizer):
     from sft_lab.templates import generation_stops
 
-    template = compose(["template=plain", "template.assistant_suffix=\\n\\n"]).template
+    template = compose(["template=plain"]).template
+    template.assistant_suffix = "\n\n"
     stops = generation_stops(template, tokenizer)
     assert stops.until == [] and "no end-of-turn marker" in stops.note and tokenizer.eos_token in stops.note
 
