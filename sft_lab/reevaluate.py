@@ -68,6 +68,8 @@ def config_for(record: rec.RunRecord, overrides: list[str]):
             OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.create({"v": _value(value)})["v"], merge=False)
     except Exception as e:  # an unknown key or a wrong type, named by OmegaConf
         raise ReevalError(f"override {o!r}: {str(e).splitlines()[0]}") from None
+    if any(o.startswith("eval.tasks=") for o in overrides) and not any(o.startswith("eval.heldout=") for o in overrides):
+        cfg.eval.heldout = "own"  # the tasks named, not also every heldout_<source> of an eval.heldout=all run
     validate(cfg)
     return cfg
 

@@ -224,6 +224,7 @@ def _figure(path: Path, caption: str) -> str:
 
 TITLES = {"benchmarks": "Benchmarks (accuracy)", "heldout": "Held-out sets (bits per byte, lower is better)",
           "generation": "Generation (IFEval and generated answers)"}
+MD_TITLES = {**TITLES, "heldout": "Held-out sets (bits per byte)"}
 SAMPLES_PER_TASK = 2  # the first prompts of each generative task, plus as many where the rows differ most
 SAMPLE_CHARS = 1200
 
@@ -377,7 +378,7 @@ def study_main(argv=None) -> int:
     try:
         study = analyse(args.runs_dir, args.rows.split(",") if args.rows else None, args.filter)
         write_report(study, out / "report.html", figures_dir=out)
-        (out / "table.md").write_text("\n".join(f"### {TITLES[n]}\n\n{tbl.to_markdown(t)}"
+        (out / "table.md").write_text("\n".join(f"### {MD_TITLES[n]}\n\n{tbl.to_markdown(t)}"
                                                 for n, t in study.tables.items()) + f"\nCost: {cost(study)}\n")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
