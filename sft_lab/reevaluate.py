@@ -35,7 +35,7 @@ class ReevalError(UserError):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sft_lab.evaluate", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs_dir", help="a runs folder (paths.runs_dir), or one run folder")
     p.add_argument("overrides", nargs="*", help="eval.KEY=VALUE or paths.KEY=VALUE, as on the run command line")
     p.add_argument("--dry-run", action="store_true", help="say what would be evaluated, and evaluate nothing")
