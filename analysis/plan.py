@@ -6,8 +6,11 @@
 
 The pilot needs at least one config with two or more seeds (per-item results in samples/). With
 several configs, the item-by-config interaction is estimated too; with one it is taken as 0, so
-the answer is a lower bound. Prints the variance components, a power grid (seeds x items), the
-fewest seeds per item count, then one JSON line.
+the answer is a lower bound. The power is that of the table's own test: against the base model
+(--against base, the default) or another trained row (--against row), the seed variance pooled over
+--rows trained rows, at Holm's first step over --tests tests (the whole table's family; it assumes the
+effect is the only real difference). Prints the variance components, a power grid (seeds x items),
+the fewest seeds per item count, then one JSON line.
 """
 
 import argparse
@@ -18,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sft_lab.analysis.collect import collect  # noqa: E402
-from sft_lab.analysis.plan import estimate, plan  # noqa: E402
+from sft_lab.analysis.plan import Table, estimate, plan  # noqa: E402
 
 
 def main() -> int:
@@ -30,9 +33,14 @@ def main() -> int:
     p.add_argument("--power", type=float, default=0.8)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--seeds", default="seed", help="the key whose values are replicates (default: seed)")
+    p.add_argument("--against", choices=["base", "row"], default="base",
+                   help="what the table tests against: the base model (--ref base) or a trained row (--ref KEY=VALUE)")
+    p.add_argument("--rows", type=int, default=2, help="trained rows in the planned table (their seed variance is pooled)")
+    p.add_argument("--tests", type=int, default=1,
+                   help="tests in the planned table (rows x columns): Holm's family size; 1 = no correction")
     args = p.parse_args()
-    if args.effect == 0 or not 0 < args.power < 1:
-        print("error: --effect must be non-zero and --power in (0, 1)", file=sys.stderr)
+    if args.effect == 0 or not 0 < args.power < 1 or args.rows < 1 or args.tests < 1:
+        print("error: --effect must be non-zero, --power in (0, 1), --rows and --tests at least 1", file=sys.stderr)
         return 2
     df, _ = collect(args.runs_dir)
     if df.empty:
@@ -43,11 +51,15 @@ def main() -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = plan(pilot, args.effect, args.power)
+    table = Table(args.against == "base", args.rows, args.tests)
+    result = plan(pilot, args.effect, args.power, table=table, alpha=args.alpha)
     print(f"Pilot: {pilot.runs} runs in {pilot.configs} config(s), {pilot.items} items of {args.metric}")
     print(f"  seed SD (run mean, beyond item noise) {pilot.seed ** 0.5:.4f}; seed x item noise SD {pilot.residual ** 0.5:.4f}; "
           f"item x config SD {pilot.interaction ** 0.5:.4f}" + ("" if pilot.configs > 1 else " (one config: taken as 0)"))
-    print(f"\nPower to detect a difference of {args.effect:g} (two-sided, alpha {args.alpha}), seeds per arm x items:\n")
+    print(f"\nPower of the table's test to detect a difference of {args.effect:g} against "
+          + ("the base model" if table.against_base else "a trained row")
+          + f" (two-sided, alpha {args.alpha}" + (f", Holm over {table.tests} tests" if table.tests > 1 else "")
+          + f"; seed variance pooled over {table.rows} row(s)), seeds per row x items:\n")
     print("| seeds | " + " | ".join(f"{k} items" for k in result["items"]) + " |")
     print("|---|" + "---|" * len(result["items"]))
     for n in result["seeds"]:
@@ -57,6 +69,7 @@ def main() -> int:
         print(f"{k:>6} items: " + (f"{n} seeds per arm reach {args.power:.0%} power" if n else
                                    f"more than {result['seeds'][-1]} seeds per arm needed"))
     print(json.dumps({"metric": args.metric, "effect": args.effect, "power": args.power, "pilot": pilot.__dict__,
+                      "table": table.__dict__,
                       "fewest_seeds": {str(k): v for k, v in result["fewest_seeds"].items()}}))
     return 0
 

@@ -21,13 +21,14 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="analysis/ablation_table.py", description=(
-        "Ablation table from finished runs: mean ± 95%% CI over seeds, a base-model row with Δ, paired-bootstrap "
-        "significance against --ref (Holm-corrected), refusing to mix eval protocols."), usage=__doc__)
+        "Ablation table from finished runs: mean ± 95%% CI over seeds and items, a base-model row per model, Δ ± its "
+        "95%% CI against the † reference, and a t-test over seeds and items against --ref (Holm-corrected), refusing "
+        "to mix eval protocols."), usage=__doc__)
     p.add_argument("runs_dir", nargs="?", help="folder of run folders (record.json)")
     p.add_argument("--rows", required=True, help="factor keys for the rows, e.g. data or lr,lora.r")
     p.add_argument("--cols", default="eval", help="eval (one column per task) or a factor key (its levels, on the Average)")
     p.add_argument("--metric", help="metric to show per task (default: acc, or loss for heldout)")
-    p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for significance; base: the base model")
+    p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for † and Δ; base: each row's base model")
     p.add_argument("--seeds", default="seed", help="the key whose values are replicates (default: seed)")
     p.add_argument("--filter", action="append", default=[], help="KEY=VALUE; repeatable")
     p.add_argument("--format", default="md", choices=sorted(tbl.RENDERERS))

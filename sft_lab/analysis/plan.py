@@ -2,13 +2,13 @@
 
 Pilot runs are grouped into configs (every factor but the seed). Within each config the seeds give
 the seed variance and the seed×item noise; across configs, paired items give the item-by-config
-interaction (how much an effect varies from item to item). Then, for two arms of n seeds on I
-shared items, the SE of their difference and the power of the table's test follow (stats.py).
+interaction (how much an effect varies from item to item), each pair of configs on the items both have.
+Then the power of the table's own test (stats.power) follows for n seeds on I items: against the base
+model or another row, its seed variance pooled over the table's rows, Holm at the table's family size.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -37,44 +37,40 @@ def estimate(df: pd.DataFrame, metric: str, seeds: str = "seed") -> Pilot:
             and c != seeds and runs[c].map(str).nunique() > 1]
     groups = [g for _, g in runs.groupby(keys, dropna=False)] if keys else [runs]
     items = Items()
-    mats = []
+    arms = []
     for g in groups:
         dirs = [d for d in g["run_dir"].tolist() if d]
         shared = items.shared_keys(dirs, metric)
         if shared:
-            mats.append(items.matrix(dirs, metric, shared))
-    pool = stats.pooled(mats)
+            arms.append((shared, items.matrix(dirs, metric, shared)))
+    pool = stats.pooled(arms)
     if pool is None:
         raise ValueError(f"{metric}: no config has two or more seeds with per-item results; "
                          "run a pilot with seed=0,1,2 (or more) first")
-    return Pilot(metric, len(mats), sum(m.shape[0] for m in mats), pool.n_items, pool.seed, pool.residual,
+    return Pilot(metric, len(arms), sum(m.shape[0] for _, m in arms), pool.n_items, pool.seed, pool.residual,
                  pool.interaction)
 
 
-def power(pilot: Pilot, effect: float, n_seeds: int, n_items: int, alpha: float = 0.05) -> float:
-    """Power of the two-sided test for a true difference `effect` between two arms."""
-    from scipy import stats as sps
+@dataclass
+class Table:
+    """The table the planned runs will make: what its test compares, and how many tests it holds."""
 
-    if n_seeds < 2:
-        return 0.0  # the table claims nothing with one seed
-    seed_term = 2 * (pilot.seed + pilot.residual / n_items) / n_seeds
-    terms = [(seed_term, 2 * (n_seeds - 1)), (pilot.interaction / n_items, n_items - 1)]
-    se = math.sqrt(sum(t for t, _ in terms))
-    if se == 0:
-        return 1.0
-    df = min(stats.satterthwaite(terms), 1e6)
-    crit = sps.t.ppf(1 - alpha / 2, df)
-    nc = abs(effect) / se
-    value = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
-    if not math.isfinite(value):  # the noncentral t's tail fails far out: the normal is exact enough there
-        value = sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc)
-    return float(min(1.0, value))
+    against_base: bool = True  # each row against the base model (--ref base); False: against a trained row
+    rows: int = 2  # trained rows: their seed variance is pooled (df = rows × (seeds − 1))
+    tests: int = 1  # Holm family size (rows × columns tested); 1: no correction
+
+
+def power(pilot: Pilot, effect: float, n_seeds: int, n_items: int, alpha: float = 0.05, table: Table = Table()) -> float:
+    """Power of the table's two-sided test (stats.compare) for a true difference `effect`."""
+    design = stats.Design(pilot.seed, pilot.residual, pilot.interaction, n_seeds,
+                          None if table.against_base else n_seeds, n_items, table.rows * (n_seeds - 1), table.tests)
+    return stats.power(design, effect, alpha)
 
 
 def plan(pilot: Pilot, effect: float, target: float = 0.8, seeds=(2, 3, 4, 5, 8, 10, 16, 32),
-         items=None) -> dict:
+         items=None, table: Table = Table(), alpha: float = 0.05) -> dict:
     """Power over a grid of seeds x items, and the fewest seeds that reach `target` at each item count."""
     items = items or sorted({pilot.items, 100, 200, 500, 1000, 2000, 5000})
-    grid = {n: {k: power(pilot, effect, n, k) for k in items} for n in seeds}
+    grid = {n: {k: power(pilot, effect, n, k, alpha, table) for k in items} for n in seeds}
     fewest = {k: next((n for n in seeds if grid[n][k] >= target), None) for k in items}
     return {"grid": grid, "fewest_seeds": fewest, "items": items, "seeds": list(seeds)}

@@ -125,7 +125,7 @@ def in_domain_points(study: Study) -> list[plots.Point]:
         if not cols or any(k is None for k in keys.values()) or avg is None or avg.delta_half is None:
             continue
         result = stats.compare(items.average(row.runs, cols, keys), items.average(base_dirs, cols, keys), b_fixed=True)
-        if result is None:
+        if result is None or not result.testable:
             continue
         points.append(plots.Point(plots.row_label(row), result.diff, result.half, avg.delta, avg.delta_half))
     return points

@@ -43,10 +43,10 @@ class Cell:
     half: Optional[float] = None  # 95% CI half-width
     n: int = 0  # runs
     basis: str = "seeds+items"  # what the interval covers: seeds+items | items | runs
-    delta: Optional[float] = None  # vs the base model
-    delta_half: Optional[float] = None  # the Δ's 95% CI half-width (tested against the base: --ref base)
+    delta: Optional[float] = None  # vs the reference the † uses: the ref row, else the row's base model
+    delta_half: Optional[float] = None  # the Δ's 95% CI half-width, from the same test
     p: Optional[float] = None  # Holm-adjusted, vs the reference row
-    untested: bool = False  # a test was wanted but one arm has one run (seed variance not measured)
+    untested: str = ""  # why a wanted test was not made: "one run" | "no variance" | "models"
     best: bool = False
     pooled: str = ""  # factors other than the seed that the cell's runs vary over, e.g. "seed×lr"
 
@@ -60,6 +60,8 @@ class Row:
     is_ref: bool = False
     runs: list[str] = field(default_factory=list)
     same_as_base: list[str] = field(default_factory=list)  # generative tasks on which every answer is the base's
+    model: Optional[str] = None  # the base model of the row's runs (None when they span several)
+    base: Optional["Row"] = None  # the base-model row of that model
 
 
 @dataclass
@@ -230,49 +232,69 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         return Row(labels, cells, cost, is_base, runs=group["run_dir"].tolist())
 
     table_rows = []
-    if has_base:
-        table_rows.append(make_row(("base model",) + ("",) * (len(rows) - 1), base, is_base=True))
+    models = base["model"].tolist() if has_base and "model" in base else [None] * (len(base) if has_base else 0)
+    for i, model in enumerate(models):  # one base row per model
+        name = "base model" if len(models) == 1 else f"base model ({model})"
+        brow = make_row((name,) + ("",) * (len(rows) - 1), base.iloc[[i]], is_base=True)
+        brow.model = model
+        table_rows.append(brow)
     for labels, group in runs.groupby(rows, dropna=False, sort=True):
         labels = tuple(_label(x) for x in (labels if isinstance(labels, tuple) else (labels,)))
         row = make_row(labels, group)
         row.is_ref = isinstance(ref, dict) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
+        row.model = group["model"].iloc[0] if "model" in group and group["model"].nunique(dropna=False) == 1 else None
+        row.base = next((b for b in table_rows if b.is_base and (b.model == row.model or len(models) == 1)), None)
         table_rows.append(row)
     all_columns = columns + (["Average"] if acc_columns else [])
     comparable = [c for c in all_columns if c not in differ and (c != "Average" or not any(x in differ for x in acc_columns))]
 
-    base_row = next((r for r in table_rows if r.is_base), None)
-    if base_row:
-        for row in table_rows:
-            for col, cell in row.cells.items():
-                b = base_row.cells.get(col)
-                if not row.is_base and b and not math.isnan(b.mean) and col in comparable:
-                    cell.delta = cell.mean - b.mean
-        legend.append("Δ: difference from the base model (first row), evaluated with the same protocol.")
+    if isinstance(ref, dict) and sum(r.is_ref for r in table_rows) != 1:
+        raise TableError(f"--ref {','.join(f'{k}={v}' for k, v in ref.items())} matches "
+                         f"{sum(r.is_ref for r in table_rows)} rows; it must match exactly one")
+    if ref == "base" and not any(r.is_base for r in table_rows):
+        raise TableError("--ref base: there is no base-model row (evaluate the base model: drop --no-base)")
+    ref_row = next((r for r in table_rows if r.is_ref), None)
+    for row in table_rows:
+        other = ref_row if ref_row else row.base
+        if row.is_base or other is None or other is row:
+            continue
+        for col, cell in row.cells.items():
+            b = other.cells.get(col)
+            if b and not math.isnan(b.mean) and col in comparable:
+                cell.delta = cell.mean - b.mean
+    if ref_row:
+        legend.append(f"Δ: difference from the reference row ({_where(ref)}) ± its 95% CI, from the same test as †.")
+    elif any(r.is_base for r in table_rows):
+        legend.append("Δ: difference from the base model" + (" of the row's model" if len(models) > 1 else "")
+                      + ", evaluated with the same protocol, ± its 95% CI (seeds and items random; the item variance "
+                      "the two rows share cancels).")
     generative = sorted({c.split("/")[0] for c in columns if is_generative(c.split("/")[0])})
-    if base_row and generative and base_dirs:
-        _mark_same_as_base(table_rows, base_dirs[0], generative, legend)
+    if generative and base_dirs:
+        _mark_same_as_base(table_rows, generative, legend)
     tested = [c for c in columns if shared[c]] + (["Average"] if average_ok else [])
-    if ref:
-        _significance(table_rows, tested, ref, items, shared, acc_columns, legend)
+    family = _compare(table_rows, tested, ref, items, shared, acc_columns, legend)
     for col in [c for c in comparable if c.split("/")[-1] not in NO_BEST]:
         cand = [r.cells[col] for r in table_rows if not r.is_base and col in r.cells and not math.isnan(r.cells[col].mean)]
         if cand:
             best = (max if higher_is_better(col) else min)(c.mean for c in cand)
             for c in cand:
                 c.best = c.mean == best
-    power = _power(table_rows, tested, items, shared, acc_columns)
+    power = _power(table_rows, tested, ref, family, items, shared, acc_columns)
     legend.insert(0, "Cells: mean ± 95% CI over seeds and eval items (two variance components, t with Welch–"
                      "Satterthwaite df), n = runs. 'items only': one run, so seed variance was not measured and the "
                      "interval covers the eval items alone. 'runs only': no per-item results, t-interval over runs. "
+                     "A cell's interval includes the item variance, which cancels when two rows are compared on the "
+                     "same items: overlapping cell intervals are not the test; Δ ± its CI is. "
                      "Best per column in bold." + (" Average: mean of the accuracy columns, every task weighted "
                                                    "the same." if acc_columns else ""))
     if differ:
         legend.append("Not compared (no bold, Δ or test): " + ", ".join(differ) + ": its items differ between rows "
                       "(e.g. each run's own held-out split), so the rows are scored on different test sets.")
     if power:
-        legend.append("min. detectable Δ: the smallest true difference between two rows that a test here finds with "
-                      "80% power at α=0.05 (two-sided, before Holm), for rows of the fewest seeds in the table and "
-                      "the items shown; variance components pooled over the rows.")
+        legend.append(POWER_LEGEND.format(
+            against="the reference row" if ref_row else "the base model" if ref == "base" else "another row of as many seeds",
+            holm=f"at Holm's first step over the table's {family} tests (α/{family}; it assumes that difference is the "
+                 "only real one in the table)" if family > 1 else "at α=0.05"))
     if generative:
         legend.append(GENERATIVE_LEGEND)
     if pooled:
@@ -292,11 +314,12 @@ GENERATIVE_LEGEND = (
     "(no best), stopped the share of answers that ended before the token limit.")
 
 
-def _mark_same_as_base(table_rows: list[Row], base_dir: str, tasks: list[str], legend: list[str]) -> None:
+def _mark_same_as_base(table_rows: list[Row], tasks: list[str], legend: list[str]) -> None:
     from sft_lab.checks import same_as_base
 
     for row in table_rows:
-        if row.is_base:
+        base_dir = next((d for d in (row.base.runs if row.base else []) if d), None)
+        if row.is_base or not base_dir:
             continue
         row.same_as_base = [t for t in tasks if row.runs and all(same_as_base(d, base_dir, t) for d in row.runs if d)]
     if any(r.same_as_base for r in table_rows):
@@ -314,67 +337,112 @@ def _arm(row: Row, col: str, items: Items, shared: dict, acc_columns: list[str])
     return items.average(dirs, acc_columns, shared) if col == "Average" else items.matrix(dirs, col, shared[col])
 
 
-def _significance(table_rows: list[Row], columns: list[str], ref: dict[str, str] | str, items: Items, shared: dict,
-                  acc_columns: list[str], legend: list[str]) -> None:
-    """ref: KEY=VALUE pairs naming one row, or "base": the base model, whose one run is exact (nothing
-    trained, scoring deterministic), so only the other row's seeds and the items are random."""
-    against_base = ref == "base"
-    ref_rows = [r for r in table_rows if (r.is_base if against_base else r.is_ref)]
-    if len(ref_rows) != 1:
-        raise TableError(f"--ref {ref} matches {len(ref_rows)} rows; it must match exactly one"
-                         + (" (evaluate the base model: drop --no-base)" if against_base else ""))
-    ref_row = ref_rows[0]
-    tests, untested = [], 0
-    for row in table_rows:
-        if row.is_ref or row.is_base:
-            continue
-        for col in columns:
-            result = stats.compare(_arm(row, col, items, shared, acc_columns),
-                                   _arm(ref_row, col, items, shared, acc_columns), b_fixed=against_base)
-            if result is None:
-                row.cells[col].untested = True
-                untested += 1
-            else:
+def _has_items(row: Row, col: str, items: Items, acc_columns: list[str]) -> bool:
+    dirs = [d for d in row.runs if d]
+    return bool(dirs) and all(items.of(d, c) for d in dirs for c in (acc_columns if col == "Average" else [col]))
+
+
+def _where(ref: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ref.items())
+
+
+def _compare(table_rows: list[Row], columns: list[str], ref: Optional[dict[str, str] | str], items: Items,
+             shared: dict, acc_columns: list[str], legend: list[str]) -> int:
+    """Each trained row against the † reference: the ref row, or (ref "base" or none) its model's base row, whose
+    one run is exact (nothing trained, scoring deterministic). The seed variance is pooled over every trained
+    row of the column. Sets each cell's Δ interval and, when a ref is given, its Holm-adjusted p; returns the
+    number of tests (the Holm family)."""
+    ref_row = next((r for r in table_rows if r.is_ref), None)
+    trained = [r for r in table_rows if not r.is_base]
+    tests, untested = [], {"one run": 0, "no variance": 0, "models": 0}
+    for col in columns:
+        pool = stats.seed_pool([_arm(r, col, items, shared, acc_columns) for r in trained])
+        for row in trained:
+            other = ref_row or row.base
+            if other is not None and other.is_base and not _has_items(other, col, items, acc_columns):
+                continue  # the base model lacks this column's items (e.g. each run's own held-out split)
+            if row.is_ref or other is None:
+                if ref and not row.is_ref:
+                    row.cells[col].untested = "models"
+                    untested["models"] += 1
+                continue
+            result = None if pool is None else stats.compare(
+                _arm(row, col, items, shared, acc_columns), _arm(other, col, items, shared, acc_columns),
+                b_fixed=other.is_base, pool=pool)
+            why = "one run" if result is None else "" if result.testable else "no variance"
+            if why:
+                if ref:
+                    row.cells[col].untested = why
+                    untested[why] += 1
+                continue
+            row.cells[col].delta_half = result.half
+            if ref:
                 tests.append((row, col, result.p))
-                if against_base:
-                    row.cells[col].delta_half = result.half
     for (row, col, _), adj in zip(tests, stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
-    if against_base:
-        legend.append(f"†: differs from the base model at p < {ALPHA} after a Holm correction across the {len(tests)} "
-                      "tests in this table; each test treats seeds and eval items as random (a t on the difference "
-                      "of means, its variance from the row's between-seed spread plus the item-by-row interaction; "
-                      "the base model has no seeds).")
-    else:
-        where = ", ".join(f"{k}={v}" for k, v in ref.items())
-        legend.append(f"†: differs from the reference row ({where}) at p < {ALPHA} after a Holm correction across "
-                      f"the {len(tests)} tests in this table; each test treats seeds and eval items as random (a "
-                      "Welch t on the difference of means, its variance from the between-seed spread of both rows "
-                      "plus the item-by-row interaction).")
-    if untested:
-        legend.append(f"°: not tested ({untested} cell(s)): this row or the reference has one run, so seed variance "
-                      "was not measured and no difference can be claimed. Run more seeds (seed=0,1,2).")
+    if not ref:
+        return 1
+    model = ("each row's model" if sum(r.is_base for r in table_rows) > 1 else "the base model")
+    against = f"the reference row ({_where(ref)})" if ref_row else model
+    legend.append(
+        f"†: differs from {against} at p < {ALPHA} after a Holm correction across the {len(tests)} tests in this table. "
+        "Each test treats seeds and eval items as random: a t on the difference of means whose variance is the "
+        "rows' seed variance (pooled over every trained row of the column, df = Σ(runs − 1)) plus the row-by-item "
+        "interaction (a difference of mean squares), with Satterthwaite df taken at the seed term's upper 80% "
+        "confidence limit" + ("; the base model has no seeds." if not ref_row else "."))
+    if untested["one run"]:
+        legend.append(f"°: not tested ({untested['one run']} cell(s)): this row or the reference has one run, so seed "
+                      "variance was not measured and no difference can be claimed. Run more seeds (seed=0,1,2).")
+    if untested["no variance"]:
+        legend.append(f"°: not tested ({untested['no variance']} cell(s)): every seed of every row scored the same, so "
+                      "the seed variance is 0 and there is nothing to test a difference against.")
+    if untested["models"]:
+        legend.append(f"°: not tested ({untested['models']} cell(s)): the row's runs span several base models, so it "
+                      "has no one base row to be compared with.")
+    return max(len(tests), 1)
 
 
-def _power(table_rows: list[Row], columns: list[str], items: Items, shared: dict, acc_columns: list[str]) -> dict:
-    """Per column, the minimum detectable effect between two rows with the table's seeds and items."""
+def _power(table_rows: list[Row], columns: list[str], ref, family: int, items: Items, shared: dict,
+           acc_columns: list[str]) -> dict:
+    """Per column, the minimum detectable effect of the table's own test: its comparison (base, ref row or two
+    rows), the pooled seed variance and its df, the interaction, Holm at the table's family size."""
     out = {}
-    arms = [r for r in table_rows if not r.is_base]
+    ref_row = next((r for r in table_rows if r.is_ref), None)
+    trained = [r for r in table_rows if not r.is_base]
     for col in columns:
-        mats = [_arm(r, col, items, shared, acc_columns) for r in arms]
-        multi = [m for m in mats if m.shape[0] > 1]
-        if not multi:
+        arms = {id(r): _arm(r, col, items, shared, acc_columns) for r in table_rows
+                if _has_items(r, col, items, acc_columns)}
+        pool = stats.seed_pool([arms[id(r)] for r in trained if id(r) in arms])
+        tested = [r for r in trained if not r.is_ref and id(r) in arms and arms[id(r)].shape[0] > 1]
+        if pool is None or not tested:
             out[col] = "– (one run per row)"
             continue
-        pool = stats.pooled(mats)
-        n = min(m.shape[0] for m in multi)  # the hardest comparison in the table: its two smallest rows
-        k = pool.n_items
-        var_runs, interaction = pool.var_run_means, pool.interaction
-        terms = [(2 * var_runs / n, 2 * (n - 1)), (interaction / k, k - 1)]
-        se = math.sqrt(sum(t for t, _ in terms))
-        df = stats.satterthwaite(terms) if se > 0 else math.inf
-        out[col] = f"{stats.detectable_effect(se, min(df, 1e6)):.3f} (n={n} per row, {k} items)"
+        if pool.run_ms <= 0:
+            out[col] = "– (no seed variance)"
+            continue
+        k = arms[id(tested[0])].shape[1]
+        inter = []
+        for r in tested:
+            other = ref_row or r.base or next((o for o in tested if o is not r), None)
+            if other is not None and id(other) in arms:
+                a, b = arms[id(r)], arms[id(other)]
+                c = 1 / a.shape[0] + (0.0 if other.is_base else 1 / b.shape[0])
+                inter.append(float((a.mean(axis=0) - b.mean(axis=0)).var(ddof=1)) - c * pool.residual if k > 1 else 0.0)
+        n_a = min(arms[id(r)].shape[0] for r in tested)
+        vs_base = ref_row is None and all(r.base and id(r.base) in arms for r in tested)
+        n_b = None if vs_base else (arms[id(ref_row)].shape[0] if ref_row else n_a)
+        design = stats.Design(max(0.0, pool.run_ms - pool.residual / k), pool.residual,
+                              max(0.0, float(np.mean(inter))) if inter else 0.0, n_a, n_b, k, pool.run_df, family)
+        mde = stats.detectable_effect(design)
+        against = "base" if n_b is None else f"n={n_b}"
+        out[col] = ("–" if math.isnan(mde) else f"{mde:.3f}") + f" (n={n_a} vs {against}, {k} items, df {pool.run_df})"
     return out
+
+
+POWER_LEGEND = ("min. detectable Δ: the smallest true difference from {against} that this table's † test finds with "
+                "80% power, {holm}, for a row of the fewest seeds here and the items shown, with the table's own "
+                "variance estimates (pooled seed variance and its df, the row-by-item interaction). Checked against "
+                "simulated tests in benchmarks/significance_simulation.py.")
 
 
 # ---------------------------------------------------------------- rendering
@@ -391,7 +459,9 @@ def cell_text(c: Cell, bold=("**", "**"), dagger="†", untested="°") -> str:
     text = f"{bold[0]}{text}{bold[1]}" if c.best else text
     basis = {"items": ", items only", "runs": ", runs only"}.get(c.basis, "")
     text += f" (n={c.n}{': ' + c.pooled if c.pooled else ''}{basis}"
-    text += f", Δ {c.delta:+.3f})" if c.delta is not None else ")"
+    if c.delta is not None:
+        text += f", Δ {c.delta:+.3f}" + (f" ± {c.delta_half:.3f}" if c.delta_half is not None else "")
+    text += ")"
     if c.p is not None and c.p < ALPHA:
         text += dagger
     elif c.untested:
@@ -429,13 +499,14 @@ def to_csv(t: Table) -> str:
 
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(t.row_keys + [f"{c}{s}" for c in t.columns for s in ("", "_ci", "_n", "_ci_basis", "_delta", "_p_holm")]
+    w.writerow(t.row_keys + [f"{c}{s}" for c in t.columns
+                             for s in ("", "_ci", "_n", "_ci_basis", "_delta", "_delta_ci", "_p_holm", "_untested")]
                + ["cost"])
     for r in t.rows:
         vals = []
         for c in t.columns:
             cell = r.cells.get(c, Cell())
-            vals += [cell.mean, cell.half, cell.n, cell.basis, cell.delta, cell.p]
+            vals += [cell.mean, cell.half, cell.n, cell.basis, cell.delta, cell.delta_half, cell.p, cell.untested]
         w.writerow(list(r.labels) + vals + [r.cost])
     return out.getvalue()
 
