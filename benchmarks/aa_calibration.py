@@ -1,8 +1,9 @@
 """A/A calibration on the real model: SmolLM2-135M runs identical but for the seed.
 
 Trains --seeds runs (LoRA r8 on Alpaca), evaluates ARC-Easy, PIQA and the held-out split, then splits
-the runs at random into two arms many times. Every difference is noise, so a test at level 0.05
-should flag about 5% of splits. Prints both tests' rates, the between-seed SD and the item
+the runs at random into two arms many times (re-splits of one set of runs: one realisation), and into
+disjoint 2-vs-2 comparisons (independent). Every difference is noise, so a test at level 0.05 should
+flag about 5%. Prints both tests' rates, the between-seed SD and the item
 disagreement rate per column, then one JSON line.
 
     python benchmarks/aa_calibration.py                      # 8 seeds, about 30 min on 2 CPU cores
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sft_lab.analysis.calibration import aa_rates  # noqa: E402
+from sft_lab.analysis.calibration import aa_independent, aa_rates  # noqa: E402
 from sft_lab.analysis.collect import collect  # noqa: E402
 from sft_lab.analysis.table import Items  # noqa: E402
 
@@ -57,8 +58,10 @@ def main() -> int:
         keys = items.shared_keys(dirs, col)
         r = aa_rates(items.matrix(dirs, col, keys), splits=args.splits, per_arm=len(dirs) // 2)
         result[col] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        result[col]["independent"] = aa_independent(items.matrix(dirs, col, keys), per_arm=2)
         print(f"{col:24s} new {r['rate_seeds_items']:.3f}  item-only {r['rate_item_only']:.3f}  "
-              f"between-seed SD {r['between_seed_sd']:.4f}  item disagreement {r['item_disagreement']}")
+              f"between-seed SD {r['between_seed_sd']:.4f}  item disagreement {r['item_disagreement']}  "
+              f"independent 2-vs-2: {result[col]['independent']['flagged']} of {result[col]['independent']['tested']}")
     result["wall_s"] = round(time.time() - start)
     print(json.dumps(result))
     return 0

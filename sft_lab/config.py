@@ -8,6 +8,7 @@ any model or data is loaded.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,11 @@ def validate(cfg: DictConfig) -> None:
 
     eval.heldout=all is spelt out in eval.tasks here, so the record lists every task evaluated."""
     _check_known_keys(cfg)
+    for key in ("lr", "train.epochs", "train.warmup_steps", "train.weight_decay", "train.max_grad_norm",
+                "train.neftune_alpha", "lora.alpha", "lora.dropout"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {key}={value}")
     if not cfg.lr > 0:
         raise ConfigError(f"lr must be > 0, got lr={cfg.lr}")
     if cfg.lora.r < 0:

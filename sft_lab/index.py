@@ -1,18 +1,32 @@
 """The runs folder for people: runs/index.csv (one row per run) and runs/by-name/<run name> links.
 
 The fingerprint folders stay the source of truth; these are rebuilt from records whenever a run
-starts or ends, under a lock, and written atomically.
+starts or ends, under a lock, and written atomically. They are a convenience: when they cannot be
+written the run warns and goes on, and a malformed index.csv is rebuilt from the records.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import re
 from pathlib import Path
 
 from sft_lab.files import atomic_write
 from sft_lab.record import RunRecord
+
+log = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+MAX_NAME = 180
+
+
+def safe_name(text: str, limit: int = MAX_NAME) -> str:
+    """One path component from any text: only letters, digits and ._+=- (the rest becomes _), no leading
+    dot (so never . or ..), at most `limit` characters."""
+    name = _UNSAFE.sub("_", text).lstrip(".")[:limit]
+    return name or "_"
 
 INDEX = "index.csv"
 BY_NAME = "by-name"
@@ -38,13 +52,50 @@ def index_row(record: RunRecord) -> dict[str, str]:
 
 
 def update(runs_dir: str | Path, record: RunRecord) -> None:
-    """Put the record's row into runs/index.csv (replacing its earlier one) and link runs/by-name/<name>."""
+    """Put the record's row into runs/index.csv (replacing its earlier one) and link runs/by-name/<name>.
+    Never raises: a failure here is logged as a warning and the run goes on."""
+    try:
+        _update(Path(runs_dir), record)
+    except Exception as e:  # noqa: BLE001 - derived files must never block or fail a run
+        log.warning("runs index / by-name link not updated (%s: %s); the run's record is unaffected",
+                    type(e).__name__, e)
+
+
+def _read_index(path: Path) -> list[dict]:
+    """The index rows, or None when the file is not an index this module wrote."""
+    try:
+        rows = list(csv.DictReader(path.open(newline="")))
+    except (csv.Error, UnicodeDecodeError):
+        return None
+    if rows and any(not r.get("fingerprint") or None in r for r in rows):
+        return None
+    return rows
+
+
+def rebuild_rows(runs_dir: Path) -> list[dict]:
+    """Index rows from the run folders' records (the source of truth)."""
+    from sft_lab.record import CorruptRecord, read_record
+
+    rows = []
+    for path in sorted(runs_dir.glob("*/record.json")):
+        try:
+            found = read_record(path.parent)
+        except CorruptRecord:
+            continue
+        if found is not None:
+            rows.append(index_row(found))
+    return rows
+
+
+def _update(runs_dir: Path, record: RunRecord) -> None:
     from filelock import FileLock
 
-    runs_dir = Path(runs_dir)
     with FileLock(runs_dir / f".{INDEX}.lock"):
         path = runs_dir / INDEX
-        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        rows = _read_index(path) if path.is_file() else []
+        if rows is None:
+            log.warning("%s is malformed: rebuilt from the run records", path)
+            rows = rebuild_rows(runs_dir)
         rows = [r for r in rows if r.get("fingerprint") != record.fingerprint[:16]] + [index_row(record)]
         rows.sort(key=lambda r: (r["name"], r["fingerprint"]))
         columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -57,14 +108,24 @@ def update(runs_dir: str | Path, record: RunRecord) -> None:
 
 
 def _link(runs_dir: Path, record: RunRecord) -> None:
+    """by-name/<name> -> the run folder. Only ever makes or keeps symlinks inside by-name/, and never replaces
+    an entry it did not make (a file or folder there is left alone, with a warning)."""
     folder = runs_dir / BY_NAME
     folder.mkdir(exist_ok=True)
     target = os.path.relpath(record.run_dir, folder)
-    link = folder / record.name
-    if link.is_symlink() and os.readlink(link) != target:  # another config with the same readable name
-        link = folder / f"{record.name}-{record.fingerprint[:8]}"
-    if not link.is_symlink():
-        tmp = folder / f".{link.name}.tmp{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(target)
-        os.replace(tmp, link)
+    name = safe_name(record.name or "")
+    for candidate in (name, safe_name(f"{name[:MAX_NAME - 9]}-{record.fingerprint[:8]}")):
+        link = folder / candidate
+        if link.parent.resolve() != folder.resolve():  # cannot happen with a safe name; checked all the same
+            raise ValueError(f"run name {record.name!r} would link outside {folder}")
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        if not os.path.lexists(link):
+            tmp = folder / f".{candidate[:MAX_NAME]}.tmp{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            os.rename(tmp, link) if not os.path.lexists(link) else tmp.unlink()
+            return
+        # taken: another config's link with the same readable name, or an entry sft-lab did not make
+    log.warning("by-name: %s and its fingerprinted form are taken by other entries; no link made for %s",
+                name, record.run_dir)

@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def run_name(config: dict[str, Any]) -> str:
-    """A readable name from the usual ablation factors."""
+    """A readable name from the usual ablation factors; safe as one path component (index.safe_name)."""
     if config.get("baseline"):
-        return f"{config['model']['name']}-base"
-    return (f"{config['model']['name']}-{config['data']['name']}-{config['template']['name']}-{lora_label(config)}"
-            f"-lr{config['lr']:g}-s{config['seed']}")
+        return index.safe_name(f"{config['model']['name']}-base")
+    return index.safe_name(
+        "-".join(index.safe_name(str(part), 60) for part in (config["model"]["name"], config["data"]["name"],
+                                                            config["template"]["name"]))
+        + f"-{lora_label(config)}-lr{config['lr']:g}-s{config['seed']}")
 
 
 @dataclass

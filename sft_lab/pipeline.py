@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -110,14 +109,9 @@ def _follow(cfg, run_dir: Path) -> None:
 
 
 def _check_writable(run_dir: Path, runs_dir: str) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"paths.runs_dir={runs_dir!r}: cannot write the run folder {run_dir} "
-                          f"({type(e).__name__}: {e.strerror or e})") from None
+    from sft_lab.files import check_writable
+
+    check_writable(run_dir, f"paths.runs_dir={runs_dir!r}: the run folder")
 
 
 class _log_to:

@@ -49,6 +49,19 @@ def share_cores_with_parallel_jobs() -> None:
     torch.set_num_threads(max(1, cores // n_jobs))
 
 
+def record_grid_failure(error: BaseException) -> bool:
+    """In a grid, note the failed configuration for the end-of-grid summary and go on; False outside a grid."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if multirun_group() is None:
+        return False
+    from sft_lab.callbacks import record_failure
+
+    hc = HydraConfig.get()
+    record_failure(hc.sweep.dir, hc.job.num, task_overrides(), error)
+    return True
+
+
 def task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -80,11 +93,18 @@ def main(cfg: DictConfig) -> None:
         record = run(cfg, group=cfg.tracking.group or multirun_group(), overrides=task_overrides())
     except UserError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not record_grid_failure(e):
+            sys.exit(2)
+        return
     except KeyboardInterrupt:
         print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
               "run the same command again to resume it", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if not record_grid_failure(e):
+            raise
+        log.exception("this configuration failed; the grid goes on")
+        return
     if record is not None:  # None: a rank other than 0 under torchrun, done with its share
         from sft_lab.summary import run_summary
 

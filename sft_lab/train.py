@@ -373,7 +373,8 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     periodic = [{"step": h["step"], "loss": h["eval_loss"]} for h in trainer.state.log_history if "eval_loss" in h]
     logged = [h for h in trainer.state.log_history if "loss" in h]  # a resumed run keeps the earlier steps' logs
     losses = [h["loss"] for h in logged]
-    tokens_seen = int(trainer.state.num_input_tokens_seen)
+    # our own count of non-padding tokens: the Trainer's sums the attention mask, which packing makes 4D (-inf)
+    tokens_seen = int(counts.real_tokens)
     metrics = {
         "steps": trainer.state.global_step,
         "first_loss": losses[0] if losses else None,

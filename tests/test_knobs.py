@@ -55,6 +55,10 @@ def test_train_on_prompt_makes_every_token_a_label():
     assert rows[0]["labels"] == [5, 6, 7]
 
 
+def seen_tokens(record: dict) -> int:
+    return sum(s["tokens"] for s in record["train"]["trained_on"].values())
+
+
 @pytest.mark.e2e
 def test_knobs_train_and_are_recorded(tmp_path):
     runs = tmp_path / "runs"
@@ -71,6 +75,14 @@ def test_knobs_train_and_are_recorded(tmp_path):
     assert plain["train"]["steps"] == -(-n // 4)  # one epoch of batches of 4
     assert packed["train"]["steps"] < plain["train"]["steps"]  # several examples per row
     assert packed["train"]["trained_on"] == plain["train"]["trained_on"]  # the same examples, once each
+    # tokens_seen counts real tokens under packing too (the Trainer's count overflowed to -2.8e19)
+    assert packed["train"]["tokens_seen"] == plain["train"]["tokens_seen"] == seen_tokens(plain) > 0
+    from sft_lab.analysis.collect import collect
+    from sft_lab.analysis.table import build
+
+    df, _ = collect(runs)
+    cost = {r.labels[0]: r.cost for r in build(df[df["train.train_on_prompt"] == False], ["train.packing"]).rows}  # noqa: E712
+    assert cost[True].startswith(f"{packed['train']['tokens_seen'] / 1e3:.1f}k tok")
     seen = knobs["train"]["trained_on"]["alpaca"]
     assert seen["label_tokens"] == seen["tokens"]  # the prompt is in the loss
     assert knobs["status"] == "finished" and knobs["config"]["lora"]["use_dora"] is True

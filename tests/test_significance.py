@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-from sft_lab.analysis.calibration import aa_rates
+from sft_lab.analysis.calibration import aa_independent, aa_rates
 from sft_lab.analysis.collect import collect
 from sft_lab.analysis.table import Items
 
@@ -57,11 +57,13 @@ def test_aa_identical_configs_are_flagged_at_most_7_percent(toy_runs):
         keys = items.shared_keys(dirs, col)
         assert keys, f"{col}: the 16 runs do not share their items"
         report[col] = aa_rates(items.matrix(dirs, col, keys), splits=200, per_arm=4)
+        report[col]["independent"] = aa_independent(items.matrix(dirs, col, keys), per_arm=2)
     print(json.dumps(report, indent=1))
     acc = report["toy_first/acc"]
     assert acc["item_disagreement"] > 0.2 and acc["between_seed_sd"] > 0  # seeds really differ
     for col, r in report.items():
         assert r["rate_seeds_items"] <= 0.07, (col, r)
+        assert r["independent"]["comparisons"] == AA_SEEDS // 4 and r["independent"]["flagged"] <= 1, (col, r)
 
 
 def test_known_effect_is_marked_in_the_right_direction(toy_runs):

@@ -30,3 +30,16 @@ def aa_rates(matrix: np.ndarray, splits: int = 200, per_arm: int = 4, alpha: flo
             "rate_seeds_items": new / splits, "rate_item_only": old / splits,
             "between_seed_sd": float(np.sqrt(c.var_run_means)), "seed_sd_beyond_items": float(np.sqrt(c.seed)),
             "item_disagreement": float(np.mean(matrix.min(axis=0) != matrix.max(axis=0))) if binary else None}
+
+
+def aa_independent(matrix: np.ndarray, per_arm: int = 2, alpha: float = 0.05) -> dict:
+    """A/A on disjoint arms: runs 1..per_arm against the next per_arm, and so on, each run used once, so the
+    comparisons are independent (re-splits of one set of runs are one realisation, not a calibration)."""
+    pairs = matrix.shape[0] // (2 * per_arm)
+    if pairs < 1:
+        raise ValueError(f"{matrix.shape[0]} runs cannot make two arms of {per_arm}")
+    results = [compare(matrix[2 * i * per_arm:(2 * i + 1) * per_arm], matrix[(2 * i + 1) * per_arm:(2 * i + 2) * per_arm])
+               for i in range(pairs)]
+    tested = [r for r in results if r.testable]
+    return {"comparisons": pairs, "tested": len(tested), "flagged": sum(r.p < alpha for r in tested),
+            "per_arm": per_arm, "p": [round(r.p, 4) for r in tested]}

@@ -152,6 +152,11 @@ def main(argv=None) -> int:
             raise tbl.TableError(f"no finished runs in {args.runs_dir or args.wandb}")
         df = apply_filters(df, args.filter)
         rows = [r.strip() for r in args.rows.split(",")]
+        trained = df[~df["baseline"]]
+        if not args.allow_mixed_protocols and not trained.empty and "protocol" in trained:
+            diffs = tbl.protocol_differences(trained, rows)  # before any base model is evaluated
+            if diffs:
+                raise tbl.TableError(tbl.MIXED.format("; ".join(diffs)))
         base = None if args.no_base or args.wandb else ensure_base(df, args.runs_dir)
         runs = df[~df["baseline"]]
         if args.cols != "eval":

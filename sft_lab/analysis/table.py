@@ -115,15 +115,32 @@ def check_protocols(df: pd.DataFrame, tasks: list[str], rows: Optional[list[str]
     def view(p: str) -> dict:
         p = json.loads(p)
         limits = p.get("limits") or {}
+        have = [t for t in tasks if t in (p.get("task_versions") or {}) or t in (p.get("n_shot") or {})
+                or t in limits] if (p.get("task_versions") or p.get("n_shot") or limits) else tasks
         return {"apply_chat_template": p.get("apply_chat_template"),
-                **{f"limit[{t}]": limits.get(t, p.get("limit")) for t in tasks},
-                **{f"n_shot[{t}]": (p.get("n_shot") or {}).get(t) for t in tasks},
-                **{f"version[{t}]": (p.get("task_versions") or {}).get(t) for t in tasks},
-                **{f"generation[{t}]": gen(p, t) for t in tasks if is_generative(t)}}
+                **{f"limit[{t}]": limits.get(t, p.get("limit")) for t in have},
+                **{f"n_shot[{t}]": (p.get("n_shot") or {}).get(t) for t in have},
+                **{f"version[{t}]": (p.get("task_versions") or {}).get(t) for t in have},
+                **{f"generation[{t}]": gen(p, t) for t in have if is_generative(t)}}
 
     views = [view(p) for p in df["protocol"]]
-    return [f"{k}: {sorted({json.dumps(v.get(k)) for v in views})}" for k in views[0]
-            if len({json.dumps(v.get(k)) for v in views}) > 1] if views else []
+    keys = dict.fromkeys(k for v in views for k in v)  # a task only among the runs that have it
+    out = []
+    for k in keys:
+        values = {json.dumps(v[k]) for v in views if k in v}
+        if len(values) > 1:
+            out.append(f"{k}: {sorted(values)}")
+    return out
+
+
+MIXED = ("runs differ in eval protocol, so their numbers are not comparable: {}. Filter them apart (--filter) or "
+         "pass --allow-mixed-protocols.")
+
+
+def protocol_differences(df: pd.DataFrame, rows: list[str], skip_heldout: bool = False) -> list[str]:
+    """check_protocols over every task of the runs (heldout left out when a base row joins: it has none)."""
+    tasks = sorted({c.split("/")[1] for c in df.columns if c.startswith("eval/")})
+    return check_protocols(df, [t for t in tasks if not skip_heldout or t != "heldout"], rows)
 
 
 def pooled_factors(df: pd.DataFrame, rows: list[str], seeds: str) -> list[str]:
@@ -181,24 +198,26 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     if missing:
         raise TableError(f"--rows: unknown key(s) {missing}; try config keys such as data, template, lr, lora.r, seed")
     tasks = sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/")})
-    tasks = [t for t in tasks if runs[[c for c in runs.columns if c.startswith(f"eval/{t}/")]].notna().any(axis=1).all()]
     columns = [c for t in tasks for c in task_columns(runs, t, metric)]
+    # a column some runs lack is shown where present, never compared, and named in the legend
+    partial = {c: runs.loc[runs[f"eval/{c}"].isna(), "name" if "name" in runs else "run_dir"].astype(str).tolist()
+               for c in columns if runs[f"eval/{c}"].isna().any()}
     legend: list[str] = []
     has_base = base is not None and not base.empty
     both = pd.concat([runs, base]) if has_base else runs
-    diffs = check_protocols(both, [t for t in tasks if not has_base or t != "heldout"], rows)
+    diffs = protocol_differences(both, rows, skip_heldout=has_base)
     if diffs:
         if not allow_mixed:
-            raise TableError("runs differ in eval protocol, so their numbers are not comparable: " + "; ".join(diffs)
-                             + ". Filter them apart (--filter) or pass --allow-mixed-protocols.")
+            raise TableError(MIXED.format("; ".join(diffs)))
         legend.append("WARNING: mixed eval protocols (" + "; ".join(diffs) + ").")
 
     items = Items()
     all_dirs = [d for d in runs["run_dir"].tolist() if d]
     base_dirs = [d for d in base["run_dir"].tolist() if d] if has_base else []
-    shared = {c: items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c) for c in columns}
-    differ = [c for c in columns if shared[c] is None and any(items.of(d, c) for d in all_dirs)]
-    acc_columns = [c for c in columns if higher_is_better(c) and not is_generative(c.split("/")[0])]
+    shared = {c: None if c in partial else items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c)
+              for c in columns}
+    differ = [c for c in columns if shared[c] is None and c not in partial and any(items.of(d, c) for d in all_dirs)]
+    acc_columns = [c for c in columns if higher_is_better(c) and not is_generative(c.split("/")[0]) and c not in partial]
     average_ok = bool(acc_columns) and all(shared[c] for c in acc_columns)
     pooled = pooled_factors(runs, rows, seeds)
 
@@ -246,7 +265,8 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         row.base = next((b for b in table_rows if b.is_base and (b.model == row.model or len(models) == 1)), None)
         table_rows.append(row)
     all_columns = columns + (["Average"] if acc_columns else [])
-    comparable = [c for c in all_columns if c not in differ and (c != "Average" or not any(x in differ for x in acc_columns))]
+    comparable = [c for c in all_columns if c not in differ and c not in partial
+                  and (c != "Average" or not any(x in differ for x in acc_columns))]
 
     if isinstance(ref, dict) and sum(r.is_ref for r in table_rows) != 1:
         raise TableError(f"--ref {','.join(f'{k}={v}' for k, v in ref.items())} matches "
@@ -287,6 +307,11 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
                      "same items: overlapping cell intervals are not the test; Δ ± its CI is. "
                      "Best per column in bold." + (" Average: mean of the accuracy columns, every task weighted "
                                                    "the same." if acc_columns else ""))
+    if partial:
+        legend.append("Not in every run (shown where present as a mean over the runs that have it, never compared; "
+                      "'–' where a row has none): " + "; ".join(
+                          f"{c}, missing from {', '.join(names[:4])}" + (f" and {len(names) - 4} more" if len(names) > 4
+                                                                           else "") for c, names in partial.items()))
     if differ:
         legend.append("Not compared (no bold, Δ or test): " + ", ".join(differ) + ": its items differ between rows "
                       "(e.g. each run's own held-out split), so the rows are scored on different test sets.")
