@@ -81,7 +81,7 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from hydra import compose
 
-        from sft_lab.config import validate
+        from sft_lab.config import check_overrides, validate
         from sft_lab.errors import UserError
 
         try:
@@ -93,7 +93,9 @@ class Preflight(Callback):
         bad = []
         for overrides in grid_overrides(config):
             try:
-                validate(compose(config_name=config.hydra.job.config_name, overrides=overrides))
+                cfg = compose(config_name=config.hydra.job.config_name, overrides=overrides)
+                validate(cfg)
+                check_overrides(cfg, overrides)
             except UserError as e:
                 bad.append(f"  {' '.join(overrides)}: {e}")
             except Exception as e:  # noqa: BLE001 - Hydra's own errors (an unknown group option, a bad value)

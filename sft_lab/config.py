@@ -222,6 +222,24 @@ def _check_known_keys(cfg: DictConfig) -> None:
                               f"Known keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(known))}")
 
 
+def check_overrides(cfg: DictConfig, overrides: list[str] | None) -> None:
+    """A boolean setting takes true or false: OmegaConf would read train.packing=2 as true."""
+    from omegaconf import BooleanNode
+
+    for override in overrides or []:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or "," in value:
+            continue
+        node = cfg
+        try:
+            for part in key.split("."):
+                node = node._get_node(part)
+        except Exception:  # noqa: BLE001 - not a plain key (a group choice, hydra.*): Hydra checks those
+            continue
+        if isinstance(node, BooleanNode) and value.strip().lower() not in ("true", "false", "null"):
+            raise ConfigError(f"{key} takes true or false, got {key}={value}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key.
 

@@ -32,6 +32,19 @@ class _Repeats(logging.Filter):
 for _name in ("lm_eval.models.huggingface", "lm_eval.evaluator"):
     logging.getLogger(_name).addFilter(_Repeats())
 
+def quiet_git_hash() -> str | None:
+    """lm-eval's git lookup, without the "fatal: not a git repository" it prints outside a checkout."""
+    from sft_lab.record import git_state
+
+    return git_state().get("git_sha")
+
+
+def _quiet_lm_eval() -> None:
+    import lm_eval.evaluator
+
+    lm_eval.evaluator.get_git_commit_hash = quiet_git_hash
+
+
 ITEM_METRICS = ("acc", "acc_norm", "bits_per_byte", "rougeL", "words", "stopped", "prompt_level_strict_acc",
                 "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 
@@ -45,6 +58,8 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    _quiet_lm_eval()
 
     tasks = list(eval_cfg.tasks)
     if tasks == []:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from sft_lab import distributed, phases
 from sft_lab import record as rec
-from sft_lab.config import ConfigError, to_container, validate
+from sft_lab.config import check_overrides, to_container, validate
 from sft_lab.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
 
     Under torchrun, ranks other than 0 train their share and return None (sft_lab/distributed.py)."""
     validate(cfg)
+    check_overrides(cfg, overrides)
     config = to_container(cfg)
     fp = rec.fingerprint(config)  # the same on every rank under torchrun
     distributed.init()

@@ -75,7 +75,7 @@ def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: s
         f"{mixture.fingerprint}:{fingerprint_template(template, tokenizer)}:{max_length}".encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / "tokens" / f"{key}.npz" if cache_dir else None
-    cached = _read_cache(path)
+    cached = _read_cache(path, len(tokenizer))
     if cached is None:
         from tqdm.auto import tqdm
 
@@ -97,7 +97,7 @@ def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: s
 CACHE_VERSION = 1
 
 
-def _read_cache(path: Path | None):
+def _read_cache(path: Path | None, vocab_size: int | None = None):
     """(train, dropped, heldout) from an .npz written by _write_cache; anything unreadable or ill-shaped
     is a miss and gets rebuilt. NumPy arrays only, loaded with allow_pickle=False: no code runs."""
     if not (path and path.is_file()):
@@ -110,7 +110,7 @@ def _read_cache(path: Path | None):
             if meta.get("version") != CACHE_VERSION:
                 raise ValueError(f"cache version {meta.get('version')}")
             names = [str(n) for n in z["sources"]]
-            splits = [_unpack(z, split, names) for split in ("train", "heldout")]
+            splits = [_unpack(z, split, names, vocab_size) for split in ("train", "heldout")]
         dropped = {str(k): int(v) for k, v in meta["dropped"].items()}
     except Exception as e:  # a corrupt or foreign cache entry is rebuilt, never trusted
         log.warning("Ignoring unreadable token cache %s (%s: %s); rebuilding it", path, type(e).__name__, e)
@@ -119,8 +119,10 @@ def _read_cache(path: Path | None):
     return splits[0], dropped, splits[1]
 
 
-def _unpack(z, split: str, names: list[str]) -> list[dict]:
+def _unpack(z, split: str, names: list[str], vocab_size: int | None = None) -> list[dict]:
     ids, labels, offsets = z[f"{split}_ids"], z[f"{split}_labels"], z[f"{split}_offsets"]
+    if vocab_size and len(ids) and (ids.min() < 0 or ids.max() >= vocab_size or labels.max() >= vocab_size):
+        raise ValueError(f"{split}: token ids outside the tokenizer's {vocab_size}-word vocabulary")
     source, truncated = z[f"{split}_source"], z[f"{split}_truncated"]
     n = len(offsets) - 1
     if not (ids.shape == labels.shape and len(source) == len(truncated) == n and offsets[0] == 0

@@ -258,3 +258,33 @@ def test_a_grid_runs_every_configuration_it_can_and_says_which_failed(tmp_path):
     assert "1 configuration(s) of this grid failed" in out.stderr and "train.max_length=2" in out.stderr
     recs = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     assert [r["config"]["train"]["max_length"] for r in recs if r["status"] == "finished"] == [256]
+
+
+def test_outside_a_git_checkout_nothing_prints_fatal(tmp_path, monkeypatch, capfd):
+    from sft_lab.evaluate import _quiet_lm_eval, quiet_git_hash
+
+    monkeypatch.chdir(tmp_path)
+    _quiet_lm_eval()
+    import lm_eval.evaluator
+
+    assert lm_eval.evaluator.get_git_commit_hash is quiet_git_hash
+    quiet_git_hash()
+    assert "fatal" not in capfd.readouterr().err
+
+
+def test_a_missing_runs_folder_is_named_as_missing(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "analysis" / "ablation_table.py"), str(tmp_path / "nope"),
+                          "--rows", "data"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no such folder" in out.stderr and "no finished runs" not in out.stderr
+
+
+def test_packing_takes_a_boolean_not_any_number():
+    from hydra import compose, initialize_config_dir
+
+    from sft_lab.config import ConfigError, check_overrides
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["train.packing=2"])
+    with pytest.raises(ConfigError, match="train.packing takes true or false, got train.packing=2"):
+        check_overrides(cfg, ["train.packing=2"])
+    check_overrides(cfg, ["train.packing=true", "lr=1e-4", "data=dolly"])

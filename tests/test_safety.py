@@ -39,6 +39,19 @@ def test_a_crafted_token_cache_runs_no_code_and_is_rebuilt(tmp_path, data_dir, t
     assert tokenise_mixture(mix, cfg.template, tokenizer, 128, str(tmp_path)).from_cache  # the rebuilt entry is good
 
 
+def test_a_token_cache_with_out_of_vocabulary_ids_is_rebuilt_not_a_crash(tmp_path, data_dir, tokenizer, caplog):
+    cfg, mix = _mixture(data_dir)
+    first = tokenise_mixture(mix, cfg.template, tokenizer, 128, str(tmp_path))
+    (entry,) = (tmp_path / "tokens").glob("*.npz")
+    with np.load(entry) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["train_ids"] = arrays["train_ids"] + len(tokenizer)  # right shapes, ids past the vocabulary
+    np.savez(entry, **arrays)
+    again = tokenise_mixture(mix, cfg.template, tokenizer, 128, str(tmp_path))
+    assert not again.from_cache and again.train == first.train
+    assert "outside the tokenizer" in caplog.text and str(entry) in caplog.text
+
+
 def test_a_corrupt_record_is_named_and_skipped_by_tables(tmp_path):
     good = tmp_path / "a"
     write_record(good, RunRecord(status="finished", fingerprint="a", run_dir=str(good), config={"seed": 0},

@@ -145,6 +145,8 @@ def main(argv=None) -> int:
         if args.wandb:
             df, excluded = collect_wandb(args.wandb, args.group)
         elif args.runs_dir:
+            if not Path(args.runs_dir).is_dir():
+                raise tbl.TableError(f"{args.runs_dir}: no such folder")
             df, excluded = collect(args.runs_dir)
         else:
             raise tbl.TableError("give a RUNS_DIR or --wandb ENTITY/PROJECT")
