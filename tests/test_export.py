@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import TINY, run_cli
@@ -35,6 +36,15 @@ def test_merged_export_loads_alone_and_matches_the_adapted_model(tmp_path):
             untrained = base(ids).logits
     assert (want - untrained).abs().max() > 1e-3  # the adapter changed the model
     assert torch.allclose(got, want, atol=1e-4)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "merged").iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes  # the usual mode, not 0600
+    again = run_cli([str(run_dir), "--merge", "--out", str(tmp_path / "merged")], cwd=tmp_path, module="sft_lab.export")
+    assert again.returncode == 2 and "not empty" in again.stderr
+    again = run_cli([str(run_dir), "--merge", "--out", str(tmp_path / "merged"), "--overwrite"], cwd=tmp_path,
+                    module="sft_lab.export")
+    assert again.returncode == 0 and not [p for p in tmp_path.iterdir() if ".export-" in p.name]
 
 
 def test_export_names_what_is_missing(tmp_path):

@@ -288,3 +288,16 @@ def test_packing_takes_a_boolean_not_any_number():
     with pytest.raises(ConfigError, match="train.packing takes true or false, got train.packing=2"):
         check_overrides(cfg, ["train.packing=2"])
     check_overrides(cfg, ["train.packing=true", "lr=1e-4", "data=dolly"])
+
+
+def test_mixed_protocols_are_refused_before_any_base_model_is_evaluated(tmp_path):
+    for name, limit in (("a", 20), ("b", 40)):
+        write_record(tmp_path / name, RunRecord(
+            status="finished", fingerprint=name * 64, run_dir=str(tmp_path / name), name=name,
+            config={"data": {"name": name}, "model": {"name": "tiny", "name_or_path": "x"}, "seed": 0},
+            eval={"arc_easy": {"acc": {"value": 0.5, "stderr": 0.1}}},
+            eval_protocol={"limit": limit, "n_shot": {"arc_easy": 0}, "task_versions": {"arc_easy": 1.0}}))
+    out = subprocess.run([sys.executable, str(ROOT / "analysis" / "ablation_table.py"), str(tmp_path), "--rows", "data"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "differ in eval protocol" in out.stderr and "limit[arc_easy]" in out.stderr
+    assert "evaluating the base model" not in out.stderr
