@@ -64,7 +64,7 @@ def main() -> int:
     weaker = [c for c in cells for e in ("0.02", "0.05") if c["aa_seed_mean_t"] <= 0.06
               and c[f"power_{e}"] < c[f"power_{e}_seed_mean_t"] - 2 * math.sqrt(0.25 / args.draws)]
     summary = {
-        "draws": args.draws, "rows": args.rows, "cells": len(cells), "seconds": round(time.time() - start),
+        "draws": args.draws, "rows": args.rows, "n_cells": len(cells), "seconds": round(time.time() - start),
         "max_aa": max(c["aa"] for c in cells), "max_aa_seed_mean_t": max(c["aa_seed_mean_t"] for c in cells),
         "cells_aa_over_6pct": sum(c["aa"] > 0.06 for c in cells),
         "max_power_error": max(abs(c[f"power_{e}"] - c[f"power_{e}_predicted"]) for c in cells for e in ("0.02", "0.05")),
