@@ -40,6 +40,6 @@ def aa_independent(matrix: np.ndarray, per_arm: int = 2, alpha: float = 0.05) ->
         raise ValueError(f"{matrix.shape[0]} runs cannot make two arms of {per_arm}")
     results = [compare(matrix[2 * i * per_arm:(2 * i + 1) * per_arm], matrix[(2 * i + 1) * per_arm:(2 * i + 2) * per_arm])
                for i in range(pairs)]
-    tested = [r for r in results if r.testable]
+    tested = [r for r in results if r is not None and r.testable]
     return {"comparisons": pairs, "tested": len(tested), "flagged": sum(r.p < alpha for r in tested),
             "per_arm": per_arm, "p": [round(r.p, 4) for r in tested]}
