@@ -67,13 +67,17 @@ def cut_to_token_budget(rows: list[dict], budget: int) -> list[dict]:
                     "mixture with data.examples (upsampling is allowed there)")
 
 
+def data_key(mixture, template, tokenizer, max_length: int) -> str:
+    """The tokenised data's identity: the mixture's content, the template as rendered, and max_length."""
+    return hashlib.sha256(
+        f"{mixture.fingerprint}:{fingerprint_template(template, tokenizer)}:{max_length}".encode()).hexdigest()[:16]
+
+
 def tokenise_mixture(mixture, template, tokenizer, max_length: int, cache_dir: str | None,
                      token_budget: int | None = None, prompt_loss: bool = False,
                      packing: bool = False) -> TokenisedData:
-    """Tokenise train and held-out sets; the key is also the run's data fingerprint."""
-    key = hashlib.sha256(
-        f"{mixture.fingerprint}:{fingerprint_template(template, tokenizer)}:{max_length}".encode()
-    ).hexdigest()[:16]
+    """Tokenise train and held-out sets; the key (data_key) is also the run's data fingerprint."""
+    key = data_key(mixture, template, tokenizer, max_length)
     path = Path(cache_dir) / "tokens" / f"{key}.npz" if cache_dir else None
     cached = _read_cache(path, len(tokenizer))
     if cached is None:

@@ -49,7 +49,7 @@ def test_typo_in_a_preset_file_fails_at_compose(tmp_path):
 
 @pytest.mark.parametrize("override, key", [
     ("lr=-1e-4", "lr"), ("lr=0", "lr"), ("lora.r=-1", "lora.r"), ("train.max_length=0", "train.max_length"),
-    ("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz"), ("++data.sources.alpaca.weight=0", "weight"),
+    pytest.param("eval.tasks=[arc_easy,no_such_task_xyz]", "no_such_task_xyz", marks=pytest.mark.slow),  # lm-eval's index ("++data.sources.alpaca.weight=0", "weight"),
     ("data.sources.alpaca.format=csv", "format"), ("eval.limit=0", "eval.limit"),
     ("train.micro_batch_size=3", "train.micro_batch_size"), ("train.micro_batch_size=0", "train.micro_batch_size"),
 ])

@@ -28,6 +28,7 @@ def requests(until, max_gen_toks=12):
                                                              "do_sample": False}), idx=i) for i, p in enumerate(PROMPTS)]
 
 
+@pytest.mark.slow  # runs lm-eval's own generation three times: the quick tier runs no lm-eval
 def test_continuous_batch_answers_as_lm_eval_hf_does(tiny, tokenizer):
     from lm_eval.models.huggingface import HFLM
 

@@ -8,7 +8,7 @@ from conftest import compose
 
 from sft_lab.config import ConfigError, validate
 from sft_lab.data import DataError, build_mixture, prompt_key
-from sft_lab.tokens import tokenise_mixture
+from sft_lab.tokens import data_key, tokenise_mixture
 
 FORMATS = {
     "alpaca": ({"instruction": "Add 2 and 3.", "input": "Show the sum.", "output": "5"},
@@ -106,10 +106,10 @@ def test_token_budget_sizes_the_mixture(data_dir, tokenizer):
     assert data.sources["dolly"]["tokens"] == total
 
 
-def fingerprints(overrides, data_dir, tokenizer, seed=0, cache=None):
+def fingerprints(overrides, data_dir, tokenizer, seed=0):
     cfg = compose(overrides)
     mix = build_mixture(cfg.data, str(data_dir), seed)
-    return mix.fingerprint, tokenise_mixture(mix, cfg.template, tokenizer, 128, cache).key
+    return mix.fingerprint, data_key(mix, cfg.template, tokenizer, 128)  # the key tokenise_mixture files under
 
 
 def test_data_fingerprint_changes_when_and_only_when_it_should(tmp_path, data_dir, tokenizer):
@@ -130,9 +130,10 @@ def test_data_fingerprint_changes_when_and_only_when_it_should(tmp_path, data_di
 
 
 def test_token_cache_is_reused(tmp_path, data_dir, tokenizer):
-    cfg = compose(["data=dolly"])
+    cfg = compose(["data=dolly", "data.examples=200"])
     mix = build_mixture(cfg.data, str(data_dir), 0)
     first = tokenise_mixture(mix, cfg.template, tokenizer, 128, str(tmp_path))
+    assert first.key == data_key(mix, cfg.template, tokenizer, 128)
     again = tokenise_mixture(mix, cfg.template, tokenizer, 128, str(tmp_path))
     assert not first.from_cache and again.from_cache
     assert again.train == first.train and again.sources == first.sources

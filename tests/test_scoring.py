@@ -56,10 +56,12 @@ def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = Fals
         assert got_results[task]["acc,none"] == want_results[task]["acc,none"]
 
 
+@pytest.mark.slow  # runs lm-eval: the quick tier runs none
 def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path):
     check_against_hf("tiny", tmp_path, limit=20)
 
 
+@pytest.mark.slow
 def test_a_folded_adapter_scores_as_lm_eval_hf_scores_base_plus_adapter(tmp_path):
     check_against_hf("tiny", tmp_path, limit=20, adapter=True)
 
