@@ -102,15 +102,16 @@ def seed_mean_t(rows: list[np.ndarray], base: np.ndarray, against_base: bool) ->
 
 def run_cell(setting: Setting, draws: int, effects=(0.02, 0.05), alpha: float = 0.05, seed: int = 0) -> dict:
     """A/A rates, and power at each effect for the table's test and the seed-mean t, with the power the
-    table predicts (stats.power) from the variance components averaged over the A/A draws."""
+    table predicts (stats.power) from the variance components it estimates, averaged over that effect's
+    draws (a real effect on binary items adds item-level variance of its own)."""
     sim = Simulator(setting, seed)
     out = {"items": setting.items, "seeds": setting.seeds, "shift_sd": setting.shift_sd,
            "disagreement": setting.disagreement, "against": "base" if setting.against_base else "arm",
            "rows": setting.rows}
-    seed_ms, residual, inter, disagree = [], [], [], []
     c = 1 / setting.seeds + (0 if setting.against_base else 1 / setting.seeds)
     for effect in (0.0, *effects):
         ours = theirs = untestable = 0
+        seed_ms, residual, inter, disagree = [], [], [], []
         for _ in range(draws):
             rows, base = sim.draw(effect)
             result = table_test(rows, base, setting.against_base)
@@ -120,23 +121,22 @@ def run_cell(setting: Setting, draws: int, effects=(0.02, 0.05), alpha: float = 
                 untestable += 1
             p = seed_mean_t(rows, base, setting.against_base)
             theirs += (not math.isnan(p)) and p < alpha
-            if effect == 0.0:
-                pool = stats.seed_pool(rows)
-                other = base if setting.against_base else rows[1]
-                seed_ms.append(pool.run_ms), residual.append(pool.residual)
-                inter.append(float((rows[0].mean(axis=0) - other.mean(axis=0)).var(ddof=1)) - c * pool.residual)
-                disagree.append(float(np.mean(rows[0][0] != rows[0][1])))
+            pool = stats.seed_pool(rows)
+            other = base if setting.against_base else rows[1]
+            seed_ms.append(pool.run_ms), residual.append(pool.residual)
+            inter.append(float((rows[0].mean(axis=0) - other.mean(axis=0)).var(ddof=1)) - c * pool.residual)
+            disagree.append(float(np.mean(rows[0][0] != rows[0][1])))
         key = "aa" if effect == 0.0 else f"power_{effect:g}"
         out[key] = ours / draws
         out[key + "_seed_mean_t"] = theirs / draws
         if effect == 0.0:
             out["untestable"] = untestable / draws
+            out["measured_disagreement"] = float(np.mean(disagree))
+        else:
             res = float(np.mean(residual))
             design = stats.Design(max(0.0, float(np.mean(seed_ms)) - res / setting.items), res,
                                   max(0.0, float(np.mean(inter))), setting.seeds,
                                   None if setting.against_base else setting.seeds, setting.items,
                                   setting.rows * (setting.seeds - 1))
-            out["measured_disagreement"] = float(np.mean(disagree))
-        else:
             out[key + "_predicted"] = stats.power(design, effect, alpha)
     return out
