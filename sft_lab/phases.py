@@ -277,7 +277,7 @@ def finish(run_dir: Path, record: RunRecord, status: str, error: Optional[BaseEx
     """The final status, end time and peak memory; checkpoints go once the results are final."""
     record.status = status
     if isinstance(error, KeyboardInterrupt):
-        record.error = "interrupted (Ctrl-C)"
+        record.error = "interrupted (SIGTERM)" if str(error) == "SIGTERM" else "interrupted (Ctrl-C)"
     elif error is not None:
         record.error = f"{type(error).__name__}: {error}"
         record.traceback = "".join(traceback.format_exception(error))

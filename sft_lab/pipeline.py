@@ -55,6 +55,7 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
     earlier = None if to_archive else existing  # a failed or killed attempt, resumed
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_sigterm_as_interrupt())
             try:
                 _check_writable(run_dir, cfg.paths.runs_dir)
                 stack.enter_context(rec.run_lock(run_dir))
@@ -107,6 +108,27 @@ def _follow(cfg, run_dir: Path) -> None:
     phases.train(cfg, inputs, run_dir, None, lambda metrics, step: None, None)
     distributed.barrier()
     return None
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, Slurm's pre-emption, a container stopping) ends the run as Ctrl-C does: its record says
+    'interrupted' and the last checkpoint is kept, instead of a record left at 'running'."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_writable(run_dir: Path, runs_dir: str) -> None:

@@ -32,8 +32,10 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 900, module: str = "sft_l
                           text=True, timeout=timeout)
 
 
-def kill_after_first_checkpoint(module: str, args: list[str], runs: Path, cwd: Path, env: dict) -> None:
-    """Start `python -m module args`, and kill -9 it once a complete training checkpoint is on disk."""
+def kill_after_first_checkpoint(module: str, args: list[str], runs: Path, cwd: Path, env: dict,
+                                sig: int = 9) -> int:
+    """Start `python -m module args`, and kill it (-9 by default) once a complete training checkpoint is on
+    disk; returns its exit status."""
     import signal
     import time
 
@@ -44,8 +46,8 @@ def kill_after_first_checkpoint(module: str, args: list[str], runs: Path, cwd: P
         assert proc.poll() is None, f"{module} ended before it was killed"
         time.sleep(0.2)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(signal.Signals(sig))
+    return proc.wait(timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, kill_after_first_checkpoint, run_cli
 
 from sft_lab import index
 from sft_lab.files import atomic_write
@@ -301,3 +301,17 @@ def test_mixed_protocols_are_refused_before_any_base_model_is_evaluated(tmp_path
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "differ in eval protocol" in out.stderr and "limit[arc_easy]" in out.stderr
     assert "evaluating the base model" not in out.stderr
+
+
+@pytest.mark.e2e
+def test_sigterm_leaves_an_interrupted_record_not_a_running_one_and_resumes(tmp_path):
+    import signal
+
+    runs = tmp_path / "runs"
+    args = ["model=tiny", "train.max_steps=400", "train.save_steps=2", "eval.tasks=[]", "tracking=none",
+            f"paths.runs_dir={runs}"]
+    status = kill_after_first_checkpoint("sft_lab.run", args, runs, tmp_path, {**os.environ, "PYTHONPATH": str(ROOT)},
+                                         sig=signal.SIGTERM)
+    assert status == 130
+    (record,) = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
+    assert record["status"] == "interrupted" and record["error"] == "interrupted (SIGTERM)"
