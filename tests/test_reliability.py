@@ -237,7 +237,7 @@ def test_a_hostile_model_name_changes_nothing_outside_the_runs_folder(tmp_path):
     """The issue's case: model.name=../../victim replaced a file two levels above the runs folder."""
     runs = tmp_path / "x" / "y" / "runs"
     victim = tmp_path / "x" / "victim-alpaca-alpaca-r8-lr0.0002-s0"
-    victim.parent.mkdir(parents=True)
+    runs.parent.mkdir(parents=True)
     victim.write_text("precious")
     before = {k: v for k, v in files_under(tmp_path).items() if not k.startswith("x/y/runs")}
     out = run_cli(["model=tiny", "train.max_steps=3", "eval.tasks=[]", "tracking=none", f"paths.runs_dir={runs}",
