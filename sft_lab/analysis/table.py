@@ -27,7 +27,7 @@ METRIC_ORDER = {"heldout": ["bits_per_byte", "loss"]}
 DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
 # Generative tasks get a column per metric: what SFT changes is content, length, format and stopping.
 GENERATIVE_METRICS = {"ifeval": ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
-                                 "inst_level_loose_acc"], "gen": ["rougeL", "words", "stopped"]}
+                                 "inst_level_loose_acc", "stopped"], "gen": ["rougeL", "words", "stopped"]}
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
                "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended")
 ALPHA = 0.05
