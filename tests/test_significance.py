@@ -5,6 +5,7 @@ user's own lm-eval task folder through eval.include_path.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,9 @@ AA_SEEDS = 16
 
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("toy") / "runs"
+    # SFT_LAB_TEST_TOY_RUNS: a folder kept between test sessions (finished runs are reused, so it resumes)
+    runs = Path(os.environ["SFT_LAB_TEST_TOY_RUNS"]) if os.environ.get("SFT_LAB_TEST_TOY_RUNS") else (
+        tmp_path_factory.mktemp("toy") / "runs")
     for grid in (["data=toy_first", f"seed={','.join(map(str, range(AA_SEEDS)))}"], ["data=toy_last", "seed=0,1,2"]):
         out = run_cli(["-m", "+experiment=toy", *grid, f"paths.runs_dir={runs}"], cwd=runs.parent, timeout=1800)
         assert out.returncode == 0, out.stderr[-3000:]
