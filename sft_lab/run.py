@@ -97,8 +97,11 @@ def main(cfg: DictConfig) -> None:
             sys.exit(2)
         return
     except KeyboardInterrupt:
-        print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
-              "run the same command again to resume it", file=sys.stderr)
+        try:
+            print("interrupted: the run's record says 'interrupted' and its last checkpoint is kept; "
+                  "run the same command again to resume it", file=sys.stderr)
+        except OSError:  # the terminal or pipe is gone: stop all the same (a grid must not go on)
+            pass
         sys.exit(130)
     except Exception as e:
         if not record_grid_failure(e):
