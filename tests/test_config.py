@@ -144,6 +144,7 @@ def test_accelerate_configs_load_in_accelerate():
         assert config.num_processes >= 1, path
 
 
+@pytest.mark.slow  # installs and launches every console script
 def test_console_scripts_run_from_anywhere_and_complete_on_tab(tmp_path):
     import os
     import subprocess

@@ -64,6 +64,7 @@ def test_missing_ifeval_file_and_missing_punkt_are_one_clear_error(tmp_path, mon
         "abbrev_types.txt", "collocations.tab", "ortho_context.tab", "sent_starters.txt"]
 
 
+@pytest.mark.slow  # builds lm-eval's task index: the quick tier runs no lm-eval
 def test_bad_generation_settings_name_the_key():
     with pytest.raises(ConfigError, match="eval.max_gen_toks must be > 0"):
         validate(compose(["eval.max_gen_toks=0"]))

@@ -152,8 +152,9 @@ def test_submitit_local_workers(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"space": {"lora.rank": {"type": "categorical", "choices": [4, 8]}}}, "space.lora.rank"),
-    ({"objective": {"metrics": ["arc_easy.acc"], "direction": "maximize"}}, "arc_easy.acc"),
-    ({"storage": "postgresql://postgres@127.0.0.1:1/nope"}, "127.0.0.1:1"),
+    pytest.param({"objective": {"metrics": ["arc_easy.acc"], "direction": "maximize"}}, "arc_easy.acc",
+                 marks=pytest.mark.slow),
+    pytest.param({"storage": "postgresql://postgres@127.0.0.1:1/nope"}, "127.0.0.1:1", marks=pytest.mark.slow),
     ({"sampler": {"type": "bayes"}}, "sampler.type='bayes'"),
 ])
 def test_bad_sweep_fails_before_any_trial(change, message, tmp_path):
