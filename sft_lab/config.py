@@ -426,8 +426,8 @@ def _validate_eval(ev: EvalConfig) -> None:
     known = (shipped_task_names() | {f"{p}{s}" for s in heldout_sources() for p in (HELDOUT_PREFIX, GEN_PREFIX)}
              | (user_task_names(ev.include_path) if ev.include_path else set()))
     unknown = [t for t in ev.tasks if t not in known]
-    if unknown:
-        unknown = [t for t in unknown if t not in builtin_task_names()]
+    if unknown and not all(t.startswith(HELDOUT_PREFIX) for t in unknown):  # heldout_*: sft-lab's names alone
+        unknown = [t for t in unknown if t.startswith(HELDOUT_PREFIX) or t not in builtin_task_names()]
     if unknown:
         raise ConfigError(
             f"eval.tasks: unknown task(s) {unknown}. Shipped tasks: {sorted(shipped_task_names())}; generative: "

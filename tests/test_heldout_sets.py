@@ -26,6 +26,7 @@ def test_heldout_bad_value_names_the_key():
         validate(compose(["eval.tasks=[heldout_nope]"]))
 
 
+@pytest.mark.slow  # builds every shipped mixture
 def test_heldout_sets_are_disjoint_from_every_training_mixture():
     """No held-out prompt of any set is trained on, whichever data a run uses (one test set for all runs)."""
     cfg = compose(["data=all_local"])

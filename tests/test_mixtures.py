@@ -81,6 +81,7 @@ def test_counts_are_exact_and_upsampling_is_stated(data_dir):
     assert not mix.sources["alpaca"]["upsampled"]
 
 
+@pytest.mark.slow  # builds full mixtures four times
 def test_mixture_is_seeded_and_reproducible(data_dir):
     data = compose(["data=alpaca_dolly", "data.examples=200"]).data
     a, b = build_mixture(data, str(data_dir), 7), build_mixture(data, str(data_dir), 7)
@@ -88,6 +89,7 @@ def test_mixture_is_seeded_and_reproducible(data_dir):
     assert [e.where for e in a.train] == [e.where for e in b.train] != [e.where for e in c.train]
 
 
+@pytest.mark.slow  # builds several full mixtures
 def test_heldout_is_disjoint_across_mixtures(data_dir):
     """The same prompt never trains in one mixture and sits held out in another."""
     mixes = [build_mixture(compose([f"data={d}"]).data, str(data_dir), s)
@@ -97,6 +99,7 @@ def test_heldout_is_disjoint_across_mixtures(data_dir):
             assert not {prompt_key(e.conversation) for e in a.train} & {prompt_key(e.conversation) for e in b.heldout}
 
 
+@pytest.mark.slow  # tokenises all of Dolly
 def test_token_budget_sizes_the_mixture(data_dir, tokenizer):
     cfg = compose(["data=dolly", "data.tokens=5000"])
     mix = build_mixture(cfg.data, str(data_dir), 0)

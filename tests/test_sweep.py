@@ -155,7 +155,7 @@ def test_submitit_local_workers(tmp_path):
     pytest.param({"objective": {"metrics": ["arc_easy.acc"], "direction": "maximize"}}, "arc_easy.acc",
                  marks=pytest.mark.slow),
     pytest.param({"storage": "postgresql://postgres@127.0.0.1:1/nope"}, "127.0.0.1:1", marks=pytest.mark.slow),
-    ({"sampler": {"type": "bayes"}}, "sampler.type='bayes'"),
+    pytest.param({"sampler": {"type": "bayes"}}, "sampler.type='bayes'", marks=pytest.mark.slow),
 ])
 def test_bad_sweep_fails_before_any_trial(change, message, tmp_path):
     runs = tmp_path / "runs"
