@@ -315,3 +315,19 @@ def test_sigterm_leaves_an_interrupted_record_not_a_running_one_and_resumes(tmp_
     assert status == 130
     (record,) = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
     assert record["status"] == "interrupted" and record["error"] == "interrupted (SIGTERM)"
+
+
+def test_a_journal_sweep_left_with_a_dead_workers_trial_says_it_is_unfinished(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from sft_lab.sweep.cli import unfinished
+
+    url = f"journal:{tmp_path / 'study.log'}"
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(tmp_path / "study.log"))), study_name="s")
+    assert unfinished(study, url) is None
+    study.ask()  # a worker claimed it, then died: RUNNING for good
+    hint = unfinished(study, url)
+    assert hint and "[0]" in hint and "no heartbeat" in hint and "run the same command again" in hint
+    assert unfinished(study, "sqlite:///x.db") is None  # RDB storages fail it by its heartbeat

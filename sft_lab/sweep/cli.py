@@ -163,4 +163,23 @@ def main(argv: list[str] | None = None) -> int:
         if any(codes):
             log.warning("worker exit codes: %s", codes)
     print(summary(study))
+    hint = unfinished(study, storage_url)
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     return 0
+
+
+def unfinished(study, storage_url: str) -> str | None:
+    """Trials left RUNNING when this driver's workers are done. RDB storages fail a dead worker's trial by its
+    heartbeat; a journal keeps none, so such a trial would stay RUNNING and the sweep end unfinished in silence."""
+    from optuna.trial import TrialState
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if not running or not storage_url.startswith("journal:"):
+        return None
+    return (f"the sweep is unfinished: trial(s) {running} are still RUNNING in {storage_url}, and journal storages "
+            "keep no heartbeat, so a worker that died leaves its trial RUNNING for good. If no worker elsewhere is "
+            "running them, mark them failed (optuna.storages.JournalStorage: study.tell(trial, state=FAIL)) and "
+            "run the same command again to queue them anew, or use an sqlite:/// or postgresql:// storage, whose "
+            "heartbeat does that by itself")
