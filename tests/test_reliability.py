@@ -144,6 +144,7 @@ def export_cli(*args) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow  # launches the export CLI three times
 def test_export_never_overwrites_and_refuses_a_pruned_run(tmp_path):
     run_dir = finished_run(tmp_path, "pruned")
     out = tmp_path / "mine"
@@ -210,6 +211,7 @@ def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
                            *[a for a in args if a != "-m"]], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow  # mounts a tmpfs, launches the CLI four times
 def test_unwritable_places_get_one_clear_error_before_anything_starts(tmp_path):
     with read_only_folder(tmp_path) as ro:
         for args in ([f"paths.runs_dir={ro}/runs"], ["-m", "seed=0,1", f"paths.runs_dir={ro}/runs"],
