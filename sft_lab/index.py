@@ -124,7 +124,10 @@ def _link(runs_dir: Path, record: RunRecord) -> None:
             tmp = folder / f".{candidate[:MAX_NAME]}.tmp{os.getpid()}"
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(target)
-            os.rename(tmp, link) if not os.path.lexists(link) else tmp.unlink()
+            if os.path.lexists(link):  # made meanwhile by another process: leave it
+                tmp.unlink()
+            else:
+                os.rename(tmp, link)
             return
         # taken: another config's link with the same readable name, or an entry sft-lab did not make
     log.warning("by-name: %s and its fingerprinted form are taken by other entries; no link made for %s",
