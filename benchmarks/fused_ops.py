@@ -1,4 +1,4 @@
-"""Fused training ops (sft_lab.fused) against peft's and transformers' own modules, side by side.
+"""Fused training ops (sft_lab.cpu.fused) against peft's and transformers' own modules, side by side.
 
     python benchmarks/fused_ops.py [--rounds 9] [--batch-size 2] [--length 192]
 
@@ -32,7 +32,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
 
     from sft_lab.config import compose
-    from sft_lab.fused import fused_ops
+    from sft_lab.cpu.fused import fused_ops
     from sft_lab.models import load_model, load_tokenizer
 
     cfg = compose()

@@ -40,10 +40,10 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from torch.profiler import profile
 
-    from sft_lab import unpadded
+    from sft_lab.cpu import unpadded
     from sft_lab.config import compose
-    from sft_lab.fused import fused_ops
-    from sft_lab.loss import answer_loss
+    from sft_lab.cpu.fused import fused_ops
+    from sft_lab.cpu.loss import answer_loss
     from sft_lab.models import load_model, load_tokenizer
 
     cfg = compose()

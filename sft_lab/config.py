@@ -126,6 +126,10 @@ class TrainConfig:
     train_on_prompt: bool = False  # loss on the prompt tokens too (default: answers only)
     neftune_alpha: Optional[float] = None  # NEFTune: noise on the input embeddings while training
     optimizer: str = "adamw_torch"  # adamw_torch | adamw_8bit (bitsandbytes) | sgd | adafactor
+    # The CPU fast path (sft_lab/cpu): auto uses each part where it applies, off none. Same loss and gradients
+    # within float rounding either way, so neither key is part of the run's fingerprint.
+    fast_path: str = "auto"  # auto | off
+    fast_path_off: List[str] = field(default_factory=list)  # parts left out: label_positions, passes, unpadded, fused
 
 
 @dataclass
@@ -148,6 +152,9 @@ class EvalConfig:
     # Rows of the continuous generation batch (sft_lab/generate.py). On 2 CPU cores a decode step costs
     # about the same at 32 rows as at 16 (benchmarks/generate_throughput.py).
     gen_batch_size: int = 32
+    # Who scores the log-likelihood tasks: sft_lab (sft_lab/scoring.py, the default) or lm-eval's own hf model,
+    # which gives the same scores (tests/test_scoring.py) more slowly; not part of the fingerprint.
+    scorer: str = "sft_lab"
 
 
 @dataclass
@@ -190,7 +197,7 @@ def register() -> None:
 
 register()
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from sft_lab import CONF_DIR  # noqa: E402
 
 
 def compose(overrides: Optional[List[str]] = None) -> DictConfig:
@@ -278,6 +285,13 @@ def validate(cfg: DictConfig) -> None:
     for key in ("eval_steps", "eval_examples"):
         if t[key] < 0:
             raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
+    if t.fast_path not in ("auto", "off"):
+        raise ConfigError(f"train.fast_path must be auto or off, got {t.fast_path!r}")
+    from sft_lab.cpu import PARTS
+
+    for part in t.fast_path_off:
+        if part not in PARTS:
+            raise ConfigError(f"train.fast_path_off: {part!r} is not one of {', '.join(PARTS)}")
     if t.schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
         raise ConfigError(f"train.schedule={t.schedule!r} is not one of linear, cosine, constant, constant_with_warmup")
     if cfg.model.init not in ("pretrained", "random"):
@@ -413,6 +427,8 @@ def expand_heldout(ev: EvalConfig) -> None:
 
 def _validate_eval(ev: EvalConfig) -> None:
     expand_heldout(ev)
+    if ev.scorer not in ("sft_lab", "hf"):
+        raise ConfigError(f"eval.scorer must be sft_lab or hf, got {ev.scorer!r}")
     if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
         raise ConfigError(f"eval.heldout_max_tokens must be > 0 or null, got {ev.heldout_max_tokens}")
     if ev.gen_batch_size <= 0:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,7 +72,7 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
     model.eval()
     from sft_lab.generate import EvalLM
 
-    scorer = HFLM if os.environ.get("SFT_LAB_LM_EVAL_HF") in ("1", "true") else EvalLM  # HFLM: to compare
+    scorer = HFLM if eval_cfg.get("scorer", "sft_lab") == "hf" else EvalLM  # hf: lm-eval's own, to compare
     lm = scorer(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
     lm.gen_batch_size = eval_cfg.gen_batch_size
     from lm_eval.loggers import EvaluationTracker
@@ -118,7 +117,7 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batc
     template, same mask), in batches of similar length; the LM head runs on the answer tokens only."""
     import torch
 
-    from sft_lab.loss import answer_loss
+    from sft_lab.cpu.loss import answer_loss
     from sft_lab.tokens import Collator
 
     collate = Collator(pad_token_id)

@@ -34,7 +34,7 @@ def load_adapted(run_dir: Path, allow_unfinished: bool = False):
 
     from sft_lab.models import load_model, load_tokenizer
     from sft_lab.record import read_record
-    from sft_lab.train import load_trained, trained_result
+    from sft_lab.artifacts import load_trained, trained_result
 
     record = read_record(run_dir)
     if record is None:

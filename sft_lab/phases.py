@@ -151,7 +151,9 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
             "train_examples": len(data.train), "heldout_examples": len(data.heldout),
             "sources": {n: {**mixture.sources[n], "examples": 0, **data.sources.get(n, {})} for n in mixture.sources}},
         env={**rec.environment(f"{inputs.device} ({str(inputs.dtype).replace('torch.', '')})"),
-             **distributed.layout(cfg.train.batch_size, cfg.train.grad_accum)},
+             **distributed.layout(cfg.train.batch_size, cfg.train.grad_accum),
+             # how results were computed, kept out of the fingerprint (record.HOW_NOT_WHAT)
+             "switches": {f"{g}.{k}": config.get(g, {}).get(k) for g, k in sorted(rec.HOW_NOT_WHAT)}},
         started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep, overrides=list(overrides or []),
     )
@@ -202,7 +204,8 @@ def train(cfg, inputs: Inputs, run_dir: Path, record: Optional[RunRecord], log_m
     Ranks other than 0 (record None) train their share and save nothing.
     """
     from sft_lab.models import add_lora, count_parameters
-    from sft_lab.train import load_trained, save_trained, train, trained_result
+    from sft_lab.artifacts import load_trained, save_trained, trained_result
+    from sft_lab.train import train
 
     model = inputs.model
     if cfg.baseline:

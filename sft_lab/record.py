@@ -26,6 +26,8 @@ from sft_lab.tasks import is_generative, is_heldout
 
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
+# Keys that say how a result is computed, not what it is (the same within float rounding).
+HOW_NOT_WHAT = {("train", "fast_path"), ("train", "fast_path_off"), ("eval", "scorer")}
 RECORD = "record.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-core", "omegaconf", "wandb", "optuna")
 
@@ -43,6 +45,9 @@ ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit
 
 def fingerprint(config: dict[str, Any]) -> str:
     semantic = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+    for group, key in HOW_NOT_WHAT:
+        if isinstance(semantic.get(group), dict):
+            semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     for (group, key), value in ADDED_LATER.items():
         if isinstance(semantic.get(group), dict) and semantic[group].get(key, value) == value:
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
@@ -166,6 +171,19 @@ def run_lock(run_dir: Path):
         yield
     finally:
         lock.release()
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds the run folder's lock now."""
+    from filelock import FileLock, Timeout
+
+    if not (run_dir / ".lock").exists():
+        return False
+    try:
+        with FileLock(run_dir / ".lock").acquire(timeout=0):
+            return False
+    except Timeout:
+        return True
 
 
 def archive(run_dir: Path) -> Path:

@@ -111,7 +111,7 @@ def reevaluate(run_dir: Path, record: rec.RunRecord, cfg, tasks: list[str]) -> r
     """Loads the run's weights, evaluates `tasks` and adds them to its record."""
     from sft_lab import phases
     from sft_lab.templates import fingerprint_template
-    from sft_lab.train import load_trained
+    from sft_lab.artifacts import load_trained
 
     eval_cfg = OmegaConf.merge(cfg, {"eval": {"tasks": tasks}})
     with rec.run_lock(run_dir):
@@ -136,7 +136,7 @@ def reevaluate(run_dir: Path, record: rec.RunRecord, cfg, tasks: list[str]) -> r
 
 
 def rec_weights(run_dir: Path) -> bool:
-    from sft_lab.train import trained_result
+    from sft_lab.artifacts import trained_result
 
     return trained_result(run_dir) is not None
 

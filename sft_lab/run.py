@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
+
+from sft_lab import CONF_DIR
 
 import sft_lab.config  # noqa: F401  (registers the schemas)
 from sft_lab.errors import UserError
@@ -79,11 +79,9 @@ def refuse_grids_under_torchrun() -> None:
                           "tasks_per_node, or python -m sft_lab.sweep --workers N)")
 
 
-# Absolute, so the config is found however the entry point is launched (python -m, sft-lab-run, completion).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from sft_lab.pipeline import run
 

@@ -26,6 +26,23 @@ TINY = [
 ]
 
 
+def tiny_lora_model(*overrides: str, seed: int = 0):
+    """The tiny model with a LoRA adapter whose B matrices are drawn (a trained-like adapter, so every LoRA
+    matrix gets a gradient and B's product is not zero), in training mode."""
+    import torch
+
+    from sft_lab.models import add_lora, load_model, load_tokenizer
+
+    cfg = compose(["model=tiny", *overrides])
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    model = add_lora(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, seed), cfg.lora)
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.train()
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 900, module: str = "sft_lab.run") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,

@@ -1,12 +1,12 @@
-"""The fused training ops (sft_lab.fused) compute what peft's and transformers' own modules compute."""
+"""The fused training ops (sft_lab.cpu.fused) compute what peft's and transformers' own modules compute."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sft_lab.config import compose
-from sft_lab.fused import LoraLinear, RMSNorm, SwiGLU, fused_ops
+from conftest import tiny_lora_model
+from sft_lab.cpu.fused import LoraLinear, RMSNorm, SwiGLU, fused_ops
 
 
 def test_each_fused_op_has_autograds_gradients_in_float64():
@@ -27,19 +27,6 @@ def test_each_fused_op_has_autograds_gradients_in_float64():
     assert torch.allclose(SwiGLU.apply(x, up), torch.nn.functional.silu(x) * up)
 
 
-def lora_model(dropout: float = 0.0, seed: int = 0):
-    from sft_lab.models import add_lora, load_model, load_tokenizer
-
-    cfg = compose(["model=tiny", f"lora.dropout={dropout}"])
-    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    model = add_lora(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, seed), cfg.lora)
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # a trained-like adapter, so B's product is not zero
-            torch.nn.init.normal_(p, std=0.05)
-    return model.train()
-
-
 def loss_and_grads(model, ids, labels):
     model.zero_grad(set_to_none=True)
     loss = model(input_ids=ids, labels=labels).loss
@@ -48,7 +35,7 @@ def loss_and_grads(model, ids, labels):
 
 
 def test_a_fused_model_trains_with_the_same_loss_and_lora_gradients():
-    model = lora_model()
+    model = tiny_lora_model()
     torch.manual_seed(1)
     ids = torch.randint(0, 1000, (3, 24))
     labels = ids.clone()
@@ -67,8 +54,8 @@ def test_a_fused_model_trains_with_the_same_loss_and_lora_gradients():
 
 
 def test_modules_that_cannot_be_fused_exactly_keep_their_own_forward():
-    model = lora_model(dropout=0.1)  # dropout masks: peft's own path
+    model = tiny_lora_model("lora.dropout=0.1")  # dropout masks: peft's own path
     with fused_ops(model) as counts:
         assert counts["lora"] == 0 and counts["rms_norm"] > 0
-    with fused_ops(lora_model(), enabled=False) as counts:
+    with fused_ops(tiny_lora_model(), enabled=False) as counts:
         assert counts == {"lora": 0, "rms_norm": 0, "swiglu": 0}

@@ -100,7 +100,7 @@ def test_knobs_train_and_are_recorded(tmp_path):
     ([], 256, []),
 ])
 def test_passes_keep_each_forward_within_the_token_budget(lengths, budget, want):
-    from sft_lab.train import passes
+    from sft_lab.cpu.passes import passes
 
     got = passes(lengths, budget)
     assert got == want

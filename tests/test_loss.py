@@ -8,7 +8,7 @@ import torch
 
 @pytest.mark.parametrize("weight_grad", [False, True])  # LoRA (frozen head) and full fine-tuning (trained head)
 def test_chunked_head_and_cross_entropy_give_autograds_loss_and_gradients(weight_grad):
-    from sft_lab.loss import CHUNK, _LinearCrossEntropy
+    from sft_lab.cpu.loss import CHUNK, _LinearCrossEntropy
 
     torch.manual_seed(0)
     n = CHUNK * 2 + 7  # a last chunk that is not full
@@ -27,7 +27,7 @@ def test_chunked_head_and_cross_entropy_give_autograds_loss_and_gradients(weight
 def test_answer_loss_is_the_models_own_loss_on_the_same_labels():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sft_lab.loss import answer_loss
+    from sft_lab.cpu.loss import answer_loss
     from sft_lab.templates import IGNORE
 
     torch.manual_seed(0)

@@ -130,7 +130,7 @@ def test_non_finite_numbers_are_refused_by_name(override, key):
 
 
 def finished_run(tmp_path: Path, status: str) -> Path:
-    from sft_lab.train import TRAINED
+    from sft_lab.artifacts import TRAINED
 
     run_dir = tmp_path / "run"
     write_record(run_dir, RunRecord(status=status, fingerprint="e" * 64, run_dir=str(run_dir), config={}, name="r"))

@@ -228,7 +228,7 @@ def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
     by_micro = {r["train"]["micro_batch_size"]: r for r in records(runs)}
     assert set(by_micro) == {None, 1, 4}
     by_tokens, one, whole = by_micro[None], by_micro[1], by_micro[4]
-    from sft_lab.train import PASS_TOKENS
+    from sft_lab.cpu.passes import PASS_TOKENS
 
     assert by_tokens["train"]["pass_tokens"] == PASS_TOKENS and whole["train"]["pass_tokens"] is None
     layers = 2  # model=tiny: every projection, norm and MLP of its 2 layers trained fused
@@ -240,18 +240,24 @@ def test_micro_batches_train_exactly_like_the_whole_batch(tmp_path):
         assert len(curves[0]) == 4 and max(abs(a - b) for a, b in zip(*curves)) < 1e-5
         assert abs(side["eval"]["heldout"]["loss"]["value"] - whole["eval"]["heldout"]["loss"]["value"]) < 1e-5
         assert side["train"]["padded_tokens"] < whole["train"]["padded_tokens"]  # each pass pads to its own longest
-    assert by_tokens["train"]["padding_fraction"] == 0  # each pass's rows laid end to end (sft_lab.unpadded)
+    assert by_tokens["train"]["padding_fraction"] == 0  # each pass's rows laid end to end (sft_lab.cpu.unpadded)
 
 
 def test_loss_on_label_positions_only_trains_exactly_like_the_full_logits_loss(tmp_path):
     """sft-lab skips the LM head on prompt and padding positions; the training must not change."""
     args = [*TINY, "eval.tasks=[heldout]", "train.grad_accum=2", "lr=1e-2"]
-    curves = {}
-    for side, env in (("label_only", {}), ("full", {"SFT_LAB_FULL_LOGITS": "1"})):
+    curves, recs = {}, {}
+    for side, switch in (("label_only", []), ("full", ["train.fast_path_off=[label_positions]"])):
         runs = tmp_path / side
-        out = subprocess.run([sys.executable, "-m", "sft_lab.run", *args, f"paths.runs_dir={runs}"], cwd=tmp_path,
-                             env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "sft_lab.run", *args, *switch, f"paths.runs_dir={runs}"],
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
-        [r] = records(runs)
-        curves[side] = [c["loss"] for c in r["train"]["loss_curve"]]
+        [recs[side]] = records(runs)
+        curves[side] = [c["loss"] for c in recs[side]["train"]["loss_curve"]]
     assert max(abs(a - b) for a, b in zip(curves["label_only"], curves["full"])) < 1e-5
+    # the switch is recorded, not fingerprinted: the same config, the same folder name
+    assert recs["full"]["fingerprint"] == recs["label_only"]["fingerprint"]
+    assert recs["full"]["env"]["switches"]["train.fast_path_off"] == ["label_positions"]
+    fast = recs["full"]["train"]["fast_path"]
+    assert not fast["label_positions"] and fast["why_not"]["label_positions"] == "train.fast_path_off"
+    assert all(recs["label_only"]["train"]["fast_path"][p] for p in ("label_positions", "passes", "fused"))

@@ -116,9 +116,10 @@ def test_three_workers_share_one_study_exactly(backend, tmp_path, request):
 @pytest.mark.e2e
 def test_killed_worker_loses_nothing(tmp_path):
     runs = tmp_path / "runs"
-    args = [str(sweep_file(tmp_path, n_trials=2, pruner={"type": "none"})), *SWEEP_OVERRIDES, "train.max_steps=30",
+    args = [str(sweep_file(tmp_path, n_trials=2, pruner={"type": "none"}, heartbeat_s=1, grace_s=4)), *SWEEP_OVERRIDES,
+            "train.max_steps=30",
             "train.save_steps=3", f"paths.runs_dir={runs}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SFT_LAB_HEARTBEAT_S": "1", "SFT_LAB_GRACE_S": "4"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     kill_after_first_checkpoint("sft_lab.sweep", args, runs, tmp_path, env)
     out = subprocess.run([sys.executable, "-m", "sft_lab.sweep", *args], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
@@ -144,7 +145,7 @@ def test_submitit_local_workers(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     overrides = ",".join(f'"{o}"' for o in [*SWEEP_OVERRIDES, f"paths.runs_dir={runs}"])
     out = run_cli(["-m", f"sweep_file={spec}", f"storage={storage}", "worker=0,1", "threads=1",
-                   f"logs_dir={tmp_path}/logs", f"overrides=[{overrides}]"], cwd=tmp_path, module="sft_lab.sweep_worker")
+                   f"logs_dir={tmp_path}/logs", f"overrides=[{overrides}]"], cwd=tmp_path, module="sft_lab.sweep.worker")
     assert out.returncode == 0, out.stderr[-3000:]
     assert_exact(study_trials(storage), 3, runs)
     assert len(list((tmp_path / "logs").glob("*/worker*/sweep_worker.log"))) == 2
@@ -156,6 +157,7 @@ def test_submitit_local_workers(tmp_path):
                  marks=pytest.mark.slow),
     pytest.param({"storage": "postgresql://postgres@127.0.0.1:1/nope"}, "127.0.0.1:1", marks=pytest.mark.slow),
     pytest.param({"sampler": {"type": "bayes"}}, "sampler.type='bayes'", marks=pytest.mark.slow),
+    pytest.param({"heartbeat_s": 60}, "heartbeat_s=60 must be at least 1 and below grace_s=60", marks=pytest.mark.slow),
 ])
 def test_bad_sweep_fails_before_any_trial(change, message, tmp_path):
     runs = tmp_path / "runs"

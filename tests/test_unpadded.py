@@ -1,29 +1,16 @@
-"""Passes without padding (sft_lab.unpadded): rows laid end to end train as the padded batch does."""
+"""Passes without padding (sft_lab.cpu.unpadded): rows laid end to end train as the padded batch does."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sft_lab import unpadded
-from sft_lab.config import compose
-from sft_lab.fused import fused_ops
-from sft_lab.loss import answer_loss
+from sft_lab.cpu import unpadded
+from conftest import tiny_lora_model
+from sft_lab.cpu.fused import fused_ops
+from sft_lab.cpu.loss import answer_loss
 from sft_lab.templates import IGNORE
-from sft_lab.train import passes_unpadded
-
-
-def lora_model(*overrides: str):
-    from sft_lab.models import add_lora, load_model, load_tokenizer
-
-    cfg = compose(["model=tiny", *overrides])
-    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    model = add_lora(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, seed=0), cfg.lora)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:  # a trained-like adapter, so every LoRA matrix gets a gradient
-            torch.nn.init.normal_(p, std=0.05)
-    return model.train()
+from sft_lab.cpu.passes import passes_unpadded
 
 
 def right_padded_batch(lengths: list[int], seed: int = 1):
@@ -53,7 +40,7 @@ def loss_and_grads(model, passes):
 @pytest.mark.parametrize("overrides, fused", [([], False), (["model.arch.num_key_value_heads=2"], True)],
                          ids=["peft-modules", "fused-grouped-query"])
 def test_rows_laid_end_to_end_give_the_padded_batchs_loss_and_gradients(overrides, fused):
-    model = lora_model(*overrides)
+    model = tiny_lora_model(*overrides)
     lengths = [23, 9, 17, 4]
     inputs, labels = right_padded_batch(lengths)
     with fused_ops(model, enabled=fused):
@@ -94,7 +81,7 @@ def test_unpadded_passes_keep_each_within_the_token_budget(lengths, budget, want
 
 
 def test_only_sdpa_models_without_a_shorter_sliding_window_or_checkpointing_are_laid_out():
-    model = lora_model()
+    model = tiny_lora_model()
     assert unpadded.applies(model, 256)
     model.config.sliding_window = 128
     assert not unpadded.applies(model, 256) and unpadded.applies(model, 128)
@@ -103,12 +90,12 @@ def test_only_sdpa_models_without_a_shorter_sliding_window_or_checkpointing_are_
     assert not unpadded.applies(model, 256)
     model.gradient_checkpointing_disable()
     assert unpadded.applies(model, 256)
-    eager = lora_model("model.attn_implementation=eager")
+    eager = tiny_lora_model("model.attn_implementation=eager")
     assert not unpadded.applies(eager, 256)
 
 
 def test_the_rows_attention_refuses_a_forward_that_was_not_laid_out():
-    model = lora_model()
+    model = tiny_lora_model()
     inputs, labels = right_padded_batch([5, 3])
     with unpadded.rows_attention(model), pytest.raises(RuntimeError, match="laid out"):
         model(**inputs)

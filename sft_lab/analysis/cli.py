@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from sft_lab import CONF_DIR
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.collect import collect, collect_wandb
 from sft_lab.errors import UserError
 from sft_lab.tasks import is_generative, is_heldout
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def parse_args(argv=None):
@@ -92,9 +92,9 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
             base = _add_later(matching(df, [t for t in tasks if t not in later]), later, runs_dir, matching)
         elif base.empty:
             row = runs[runs["model"] == model].iloc[0]
-            preset = [f"model={model}"] if (CONF / "model" / f"{model}.yaml").is_file() else []
+            preset = [f"model={model}"] if (CONF_DIR / "model" / f"{model}.yaml").is_file() else []
             template = row.get("template")  # prompts of template-rendered tasks (toy_*) must match the runs'
-            preset += [f"template={template}"] if template and (CONF / "template" / f"{template}.yaml").is_file() else []
+            preset += [f"template={template}"] if template and (CONF_DIR / "template" / f"{template}.yaml").is_file() else []
             overrides = [*preset, f"model.name_or_path={row['model.name_or_path']}", "baseline=true",
                          f"eval.tasks=[{','.join(t for t in tasks if t not in later)}]", *[f"{k}={_override_value(v)}" for k, v in settings.items()],
                          "tracking=none", f"paths.runs_dir={runs_dir}", f"paths.data_dir={row['paths.data_dir']}"]

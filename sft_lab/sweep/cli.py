@@ -6,25 +6,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 from sft_lab.errors import UserError
 from sft_lab.sweep import __doc__ as sweep_doc
 from sft_lab.sweep.queue import open_storage, open_study, storage_lock, top_up
-from sft_lab.sweep.spec import SweepError, check, load_spec
+from sft_lab.sweep.spec import SweepError, check, load_spec, pruning
 from sft_lab.sweep.trial import worker
+from sft_lab.sweep.worker import quiet_optuna, start_local
 
 log = logging.getLogger("sft_lab.sweep")
-
-
-def _quiet_optuna() -> None:
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what each trial did
 
 
 def summary(study) -> str:
@@ -86,7 +78,7 @@ def procs_per_trial(gpus_per_trial: int, gpus: list[str], spec) -> int:
     if not gpus:
         log.warning("--gpus-per-trial %d: no GPU visible, so each trial runs in its worker's process", gpus_per_trial)
         return 1
-    if spec.pruner.get("type", "median") != "none":
+    if pruning(spec):
         raise SweepError(f"--gpus-per-trial {gpus_per_trial}: each trial is a torchrun job whose held-out losses do "
                          "not reach the worker's pruner; set pruner: {type: none} in the sweep file")
     return gpus_per_trial
@@ -108,8 +100,6 @@ def parse_args(argv: list[str] | None = None):
                              "GPUs; --workers × this must fit the node's GPUs")
     parser.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
     parser.add_argument("--study-name", help="defaults to the sweep file's study_name")
-    parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_intermixed_args(argv)
 
 
@@ -118,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import sft_lab.config  # noqa: F401
 
-    _quiet_optuna()
+    quiet_optuna()
     try:
         if args.n_trials is not None and args.n_trials < 1:
             raise SweepError(f"--n-trials must be at least 1, got {args.n_trials}")
@@ -132,19 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         procs = procs_per_trial(args.gpus_per_trial, gpus, spec)
         layout = worker_layout(args.workers, gpus, len(os.sched_getaffinity(0)), procs)
         name = args.study_name or spec.study_name
-        if args.worker_only:
-            if args.threads:
-                import torch
-
-                torch.set_num_threads(args.threads)
-            worker(spec, args.storage, name, args.overrides, procs)
-            return 0
         runs_dir = check(spec, args.overrides)
         storage_url = args.storage or spec.storage or f"sqlite:///{Path(runs_dir).resolve()}/optuna.db"
         if storage_url.startswith("sqlite:///"):
             Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         with storage_lock(storage_url):  # drivers started together queue the missing trials once
-            study = open_study(open_storage(storage_url), name, spec)
+            study = open_study(open_storage(storage_url, spec.heartbeat_s, spec.grace_s), name, spec)
             queued = top_up(study, spec, spec.n_trials if args.n_trials is None else args.n_trials)
         log.info("study %s on %s: %d trials queued", name, storage_url, queued)
     except UserError as e:
@@ -153,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         worker(spec, storage_url, name, args.overrides, procs)
     elif args.workers > 1:
-        cmd = [sys.executable, "-m", "sft_lab.sweep", args.sweep_file, *args.overrides, "--storage", storage_url,
-               "--study-name", name, "--worker-only", "--gpus-per-trial", str(procs)]
-        procs = []
-        for env in layout:
-            log.info("worker %d: %s", len(procs), ", ".join(f"{k}={v}" for k, v in env.items()))
-            procs.append(subprocess.Popen([*cmd, "--threads", env["threads"]], env={**os.environ, **env}))
-        codes = [p.wait() for p in procs]
+        codes = start_local(layout, args.sweep_file, storage_url, name, args.overrides, procs)
         if any(codes):
             log.warning("worker exit codes: %s", codes)
     print(summary(study))

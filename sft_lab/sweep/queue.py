@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import warnings
@@ -24,15 +23,14 @@ from sft_lab.sweep.spec import (
 log = logging.getLogger("sft_lab.sweep")
 
 
-# A dead worker's trial is failed and queued again once its heartbeat is this old (seconds).
-HEARTBEAT_S = int(os.environ.get("SFT_LAB_HEARTBEAT_S", 10))
+def sqlalchemy_url(url: str) -> str:
+    """postgresql://... names the driver installed with sft-lab (psycopg2); other URLs pass unchanged."""
+    return "postgresql+psycopg2://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
 
 
-GRACE_S = int(os.environ.get("SFT_LAB_GRACE_S", 60))
-
-
-def open_storage(url: str):
-    """sqlite:///..., postgresql://..., or journal:PATH (a journal file, e.g. on a shared disk)."""
+def open_storage(url: str, heartbeat_s: int = 10, grace_s: int = 60):
+    """sqlite:///..., postgresql://..., or journal:PATH (a journal file, e.g. on a shared disk). RDB storages fail
+    a trial whose heartbeat (every heartbeat_s) is older than grace_s and queue it again (the sweep file's keys)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -43,9 +41,7 @@ def open_storage(url: str):
             path = Path(url[len("journal:"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+        return RDBStorage(sqlalchemy_url(url), heartbeat_interval=heartbeat_s, grace_period=grace_s,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                           engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
@@ -59,8 +55,7 @@ def storage_lock(url: str):
     if url.startswith(("postgresql", "mysql")):
         import sqlalchemy
 
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        url = sqlalchemy_url(url)
         if not url.startswith("postgresql"):
             yield
             return
@@ -160,14 +155,15 @@ def stored_user_attrs(trial) -> dict:
 class Heartbeat:
     """Beats for a claimed trial while it runs (RDB storages), so a dead worker's trial is re-queued."""
 
-    def __init__(self, trial):
+    def __init__(self, trial, every_s: int):
         self.storage, self.trial_id, self.stop = trial.study._storage, trial._trial_id, threading.Event()
+        self.every_s = every_s
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self):
         while not self.stop.is_set():
             self.storage.record_heartbeat(self.trial_id)
-            self.stop.wait(HEARTBEAT_S)
+            self.stop.wait(self.every_s)
 
     def __enter__(self):
         if hasattr(self.storage, "record_heartbeat"):

@@ -36,6 +36,9 @@ class ObjectiveSpec:
     direction: str = "minimize"
 
 
+DEFAULT_PRUNER = "median"
+
+
 @dataclass
 class SweepSpec:
     study_name: str = MISSING
@@ -49,6 +52,14 @@ class SweepSpec:
     n_trials: int = 10
     seeds: List[int] = field(default_factory=lambda: [0])  # replicates of every trial, averaged
     storage: Optional[str] = None  # default: sqlite:///<runs_dir>/optuna.db
+    # RDB storages: a running trial beats every heartbeat_s; one silent for grace_s (a dead worker) is failed
+    # and queued again with the same parameters, and its run resumes from its last checkpoint.
+    heartbeat_s: int = 10
+    grace_s: int = 60
+
+
+def pruning(spec: SweepSpec) -> bool:
+    return spec.pruner.get("type", DEFAULT_PRUNER) != "none"
 
 
 def load_spec(path: str) -> SweepSpec:
@@ -75,6 +86,8 @@ def load_spec(path: str) -> SweepSpec:
             raise SweepError(f"{path}: space.{key} needs low <= high")
     if spec.objective.direction not in ("minimize", "maximize"):
         raise SweepError(f"{path}: objective.direction must be minimize or maximize")
+    if not 0 < spec.heartbeat_s < spec.grace_s:
+        raise SweepError(f"{path}: heartbeat_s={spec.heartbeat_s} must be at least 1 and below grace_s={spec.grace_s}")
     return spec
 
 
@@ -124,7 +137,7 @@ def make_pruner(spec: SweepSpec):
     import optuna
 
     p = dict(spec.pruner)
-    kind = p.pop("type", "median")
+    kind = p.pop("type", DEFAULT_PRUNER)
     if kind == "median":
         p.setdefault("n_startup_trials", 2)
     makers = {
@@ -140,8 +153,7 @@ def make_pruner(spec: SweepSpec):
 
 
 def trial_overrides(spec: SweepSpec, extra: list[str]) -> list[str]:
-    pruning = spec.pruner.get("type", "median") != "none"
-    prune = [f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"] if pruning else []
+    prune = [f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"] if pruning(spec) else []
     return [*spec.fixed, *prune, *extra]
 
 
@@ -165,6 +177,6 @@ def check(spec: SweepSpec, extra: list[str]) -> str:
         if not task or task not in cfg.eval.tasks:
             raise SweepError(f"objective metric {name!r}: no eval produces it (eval.tasks={list(cfg.eval.tasks)}; "
                              "name it task.metric, e.g. heldout.loss or arc_easy.acc)")
-    if spec.pruner.get("type", "median") != "none" and "heldout" not in cfg.eval.tasks and cfg.data.heldout_fraction == 0:
+    if pruning(spec) and "heldout" not in cfg.eval.tasks and cfg.data.heldout_fraction == 0:
         raise SweepError("pruning needs a held-out split (data.heldout_fraction > 0)")
     return cfg.paths.runs_dir

@@ -123,12 +123,12 @@ def run_distributed(overrides: list[str], procs: int, run_dir: Path, study_name:
     log.info("trial run on %d processes: %s", procs, " ".join(cmd[5:]))
     while True:
         out = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
-        record = rec.read_record(run_dir)
-        if out.returncode == 0 or "RunLocked" not in out.stderr or (record and record.done):
+        if out.returncode == 0 or not rec.is_locked(run_dir):
             break
         log.info("same config running in another worker; waiting to reuse its record")
         time.sleep(5)
-    if out.returncode != 0 or record is None or not record.done:
+    record = rec.read_record(run_dir)
+    if record is None or not record.done:
         raise RuntimeError(f"torchrun run exited {out.returncode} ({record.status if record else 'no record'}): "
                            f"{out.stderr.strip()[-1500:]}")
     if record.sweep is None:  # made by this trial: say so, as an in-process run's record does
@@ -153,11 +153,11 @@ def _mark_records(trial, study_name: str, state: str) -> None:
 def worker(spec: SweepSpec, storage_url: str, study_name: str, extra: list[str], procs: int = 1) -> int:
     """Take queued trials until none is left (each run over `procs` processes); returns how many it ran."""
     with storage_lock(storage_url):
-        storage = open_storage(storage_url)
+        storage = open_storage(storage_url, spec.heartbeat_s, spec.grace_s)
         study = open_study(storage, study_name, spec)
     done = 0
     while (trial := claim_queued_trial(study, spec)) is not None:
-        with Heartbeat(trial):
+        with Heartbeat(trial, spec.heartbeat_s):
             run_trial(trial, spec, extra, study_name, procs)
         done += 1
     return done

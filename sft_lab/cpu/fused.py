@@ -10,18 +10,16 @@ on 2 cores (benchmarks/fused_ops.py).
 
 `fused_ops(model)` swaps the forwards of the modules it can fuse for the duration of a `with` block and
 restores them after. A module it cannot fuse exactly (LoRA dropout, DoRA, several adapters, a trained
-norm weight, another activation, a non-fp32 input) keeps its own forward. SFT_LAB_UNFUSED=1 turns it off.
+norm weight, another activation, a non-fp32 input) keeps its own forward. train.fast_path_off=[fused] turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 
-ENABLED = os.environ.get("SFT_LAB_UNFUSED", "") not in ("1", "true")
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}  # weight * x / rms(x)
 SILU = {"SiLU", "SiLUActivation"}  # torch's and transformers' own
 SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}  # down(act(gate(x)) * up(x))
@@ -135,11 +133,11 @@ def _mlp_forward(module):
 
 @contextlib.contextmanager
 def fused_ops(model, enabled: bool = True):
-    """Within the block the model trains with fused ops where they apply (unless SFT_LAB_UNFUSED=1);
-    yields their counts by kind."""
+    """Within the block the model trains with fused ops where they apply (when enabled); yields their counts
+    by kind."""
     counts = {"lora": 0, "rms_norm": 0, "swiglu": 0}
     swapped = []
-    if enabled and ENABLED:
+    if enabled:
         for module in model.modules():
             for kind, make in (("lora", _lora_forward), ("rms_norm", _norm_forward), ("swiglu", _mlp_forward)):
                 forward = make(module)

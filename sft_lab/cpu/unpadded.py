@@ -4,7 +4,7 @@ Padded to its longest row, a pass runs every pad token through every matrix mult
 instead lays its rows' real tokens end to end, with position ids restarting at each row, and
 `attention` runs causal SDPA row by row, so no token attends across rows. Same loss and gradients
 within float rounding (tests/test_unpadded.py). Rows of unequal length then share a pass at no cost,
-so a pass is filled by tokens alone (`sft_lab.train.passes_unpadded`).
+so a pass is filled by tokens alone (`sft_lab.cpu.passes.passes_unpadded`).
 
 Used for the model types below with SDPA attention, no sliding window shorter than the longest row and
 no gradient checkpointing; otherwise passes are padded as before.
@@ -28,7 +28,7 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     """Causal attention within each row of a laid-out pass: query [1, heads, tokens, dim]; row r spans
     tokens row_bounds[r]:row_bounds[r + 1]. Returns [1, tokens, heads, dim], as transformers' SDPA does."""
     if row_bounds is None or query.shape[0] != 1:
-        raise RuntimeError(f"attention {ATTENTION!r} runs only a pass laid out by sft_lab.unpadded.end_to_end")
+        raise RuntimeError(f"attention {ATTENTION!r} runs only a pass laid out by sft_lab.cpu.unpadded.end_to_end")
     gqa = key.shape[1] != query.shape[1]
     rows = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
                                            scale=scaling, is_causal=True, enable_gqa=gqa)
@@ -36,23 +36,28 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION, attention)
+_registered = False
 
 
-_register()
+def unsupported(model) -> str | None:
+    """Why `model`'s passes cannot be laid end to end, or None: it must be a listed model type with SDPA
+    attention and no gradient checkpointing (its recomputation runs in the backward pass, after
+    `rows_attention` has restored the model's own attention)."""
+    config = model.config
+    if config.model_type not in MODEL_TYPES:
+        return f"model type {config.model_type!r} is not one of {sorted(MODEL_TYPES)}"
+    if config._attn_implementation != "sdpa":
+        return f"attention {config._attn_implementation!r}: laid-out passes need sdpa"
+    if getattr(model, "is_activation_checkpointing", False):
+        return "gradient checkpointing recomputes attention after the pass"
+    return None
 
 
 def applies(model, longest: int) -> bool:
-    """Whether `model`'s passes can be laid end to end: a listed model type with SDPA attention, any
-    sliding window at least as long as the longest row, and no gradient checkpointing (its recomputation
-    runs in the backward pass, after `rows_attention` has restored the model's own attention)."""
-    config = model.config
-    window = getattr(config, "sliding_window", None)
-    return (config.model_type in MODEL_TYPES and config._attn_implementation == "sdpa"
-            and (window is None or window >= longest) and not getattr(model, "is_activation_checkpointing", False))
+    """Whether this pass can be laid end to end: the model allows it and any sliding window is at least as
+    long as the longest row."""
+    window = getattr(model.config, "sliding_window", None)
+    return unsupported(model) is None and (window is None or window >= longest)
 
 
 def end_to_end(inputs: dict, labels: torch.Tensor, rows: list[int], lengths: list[int]) -> tuple[dict, torch.Tensor]:
@@ -72,7 +77,15 @@ def end_to_end(inputs: dict, labels: torch.Tensor, rows: list[int], lengths: lis
 
 @contextlib.contextmanager
 def rows_attention(model):
-    """`attention` as the model's attention implementation for the forward passes in the block."""
+    """`attention` as the model's attention implementation for the forward passes in the block. The config
+    field is set directly: transformers' set_attn_implementation re-checks the model class (reading its
+    source) on every call, once per pass here."""
+    global _registered
+    if not _registered:  # registered on first use, not at import
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTENTION, attention)
+        _registered = True
     config = model.config
     before = config._attn_implementation
     config._attn_implementation = ATTENTION
