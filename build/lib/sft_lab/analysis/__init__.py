@@ -1,0 +1,1 @@
+"""From finished run records to ablation tables: collect -> statistics -> table -> render / plot."""

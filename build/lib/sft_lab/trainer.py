@@ -1,0 +1,209 @@
+"""The Trainer sft-lab trains with: per-source token counts, the CPU fast path's loss, a length-grouped
+sampler that resumes exactly, one readable log line a step, the NaN guard and the pruner's stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+from sft_lab import distributed
+from sft_lab.cpu import FastPath
+from sft_lab.cpu.loss import answer_loss
+from sft_lab.cpu.passes import PASS_TOKENS, loss_in_passes
+from sft_lab.files import atomic_write
+
+log = logging.getLogger("sft_lab.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Counts:
+    """What the trainer actually trained on, per source; saved with each checkpoint."""
+
+    FILE = "sft_lab_counts.json"
+
+    def __init__(self):
+        self.sources: dict[str, dict[str, int]] = {}
+        self.padded_tokens = 0
+        self.earlier_wall_s = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
+        self.started = time.perf_counter()
+
+    @property
+    def wall_s(self) -> float:
+        return self.earlier_wall_s + time.perf_counter() - self.started
+
+    def add(self, counts: dict) -> None:
+        for source, c in counts["sources"].items():
+            acc = self.sources.setdefault(source, {"examples": 0, "tokens": 0, "label_tokens": 0})
+            for k, v in c.items():
+                acc[k] += v
+        self.padded_tokens += counts["padded_tokens"]
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(c["tokens"] for c in self.sources.values())
+
+    def merged(self) -> "Counts":
+        """All ranks' counts added up (a collective under torchrun: every rank calls it)."""
+        out = Counts()
+        out.earlier_wall_s, out.started = self.earlier_wall_s, self.started
+        for sources, padded in distributed.gather((self.sources, self.padded_tokens)):
+            out.add({"sources": sources, "padded_tokens": padded})
+        return out
+
+    def save(self, folder: Path) -> None:
+        # Written last and atomically, by rank 0: its presence marks the checkpoint complete.
+        total = self.merged()
+        if distributed.is_main():
+            atomic_write(folder / self.FILE, json.dumps({"sources": total.sources, "padded_tokens": total.padded_tokens,
+                                                         "wall_s": total.wall_s}))
+
+    def load(self, folder: Path) -> None:
+        """Rank 0 carries the earlier attempts' totals; the other ranks count only what they train now."""
+        path = folder / self.FILE
+        if path.is_file() and distributed.is_main():
+            saved = json.loads(path.read_text())
+            self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
+            self.earlier_wall_s = float(saved.get("wall_s", 0.0))
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
+    """The newest checkpoint whose save finished; ones cut off by a kill are removed."""
+    if not ckpt_dir.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(steps):
+        if (path / Counts.FILE).is_file():
+            return str(path)
+        if distributed.is_main():
+            log.warning("Removing checkpoint %s: its save was cut off", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+class CountingTrainer(Trainer):
+    """Adds up each trained batch's per-source counts (the collator attaches them); on the CPU fast path the
+    loss is taken on label positions only, in passes (sft_lab.cpu)."""
+
+    def __init__(self, *args, fast_path: FastPath, counts: Counts, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_path, self.counts = fast_path, counts
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        counts = inputs.pop("counts", None)
+        if counts is not None and model.training:
+            self.counts.add(counts)
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:  # packed rows: the additive mask in the model's dtype
+            dtype = next(model.parameters()).dtype
+            inputs["attention_mask"] = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
+        if not (self.fast_path.label_positions and model.training and "labels" in inputs and not args
+                and not kwargs.get("return_outputs")):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        return self._label_positions_loss(model, inputs, kwargs.get("num_items_in_batch"))
+
+    def _label_positions_loss(self, model, inputs, num_items_in_batch):
+        """The LM head and cross-entropy on the positions that have a label only (the answers): the same loss
+        and gradients, less compute. Scaled as Trainer scales a model's own loss (per label token over the
+        accumulated batch, across devices)."""
+        labels = inputs.pop("labels")
+        unwrapped = self.accelerator.unwrap_model(model)
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            loss, tokens = answer_loss(model, unwrapped.get_output_embeddings(), inputs, labels)
+            return loss / tokens.clamp(min=1)
+        scale = (self.accelerator.num_processes if self.args.average_tokens_across_devices else 1) / num_items_in_batch
+        loss, padded = loss_in_passes(model, unwrapped, inputs, labels, scale,
+                                      PASS_TOKENS if self.fast_path.passes else None, self.fast_path.unpadded,
+                                      self.accelerator.backward)
+        self.counts.padded_tokens += padded
+        return loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler).__name__ == "LengthGroupedSampler":
+            return EpochSeededLengthSampler(sampler, self.args.data_seed or self.args.seed)
+        return sampler
+
+
+class EpochSeededLengthSampler:
+    """Length-grouped batches whose order depends only on (seed, epoch).
+
+    transformers' LengthGroupedSampler draws from the global RNG, whose state a resumed run restores
+    at the checkpoint, not at the epoch's start: resuming in a later epoch then sees other batches.
+    """
+
+    def __init__(self, inner, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = inner.lengths, inner.batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
+LOG_KEYS = {"loss": "loss {:.4f}", "grad_norm": "grad_norm {:.3f}", "learning_rate": "lr {:.3g}",
+            "eval_loss": "held-out loss {:.4f}", "num_input_tokens_seen": "tokens {:,}", "epoch": "epoch {:.2f}"}
+
+
+def log_line(logs: dict) -> str:
+    """A trainer log as one readable line of numbers (transformers prints them as strings)."""
+    return ", ".join(fmt.format(logs[k]) for k, fmt in LOG_KEYS.items() if isinstance(logs.get(k), (int, float)))
+
+
+def quiet_progress(trainer) -> None:
+    """Keep transformers' progress bar, drop its printed dicts of strings: our callback logs numbers."""
+
+    class Progress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(Progress())
+
+
+def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list,
+             counts: Counts):
+    class Callback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            counts.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            history.append({"step": state.global_step, **logs})
+            if "loss" in logs and not math.isfinite(logs["loss"]):
+                raise NonFiniteLoss(f"training loss is {logs['loss']} at step {state.global_step}")
+            log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)
+            if distributed.is_main() and ("loss" in logs or "eval_loss" in logs):
+                log.info("step %d/%d: %s", state.global_step, state.max_steps, log_line(logs))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            loss = (metrics or {}).get("eval_loss")
+            if getattr(self, "last_step", None) == state.global_step:  # the final evaluate repeats the last one
+                return
+            self.last_step = state.global_step
+            if loss is not None and on_eval is not None and on_eval(loss, state.global_step):
+                control.should_training_stop = True
+                state.stopped_by_caller = True
+
+    return Callback()
