@@ -17,12 +17,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from sft_lab.errors import UserError
+from sft_lab.errors import ConfigError  # noqa: F401  (re-exported: sft_lab.config.ConfigError)
 from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
-
-
-class ConfigError(UserError):
-    """A config that composed but cannot be run; the message names the key."""
 
 
 @dataclass

@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
     """Bad input (config, data, files, state on disk); the message names the culprit and the fix."""
+
+
+class ConfigError(UserError):
+    """A config that composed but cannot be run; the message names the key."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def check_writable(folder: str | Path, setting: str) -> None:
     """Create `folder` if needed and write a probe file into it; a ConfigError naming the setting otherwise."""
-    from sft_lab.config import ConfigError
+    from sft_lab.errors import ConfigError
 
     folder = Path(folder)
     probe = folder / f".write-test-{os.getpid()}"

@@ -22,3 +22,13 @@ def test_the_readme_fits_on_a_few_screens_and_the_docs_site_lists_every_page():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
     nav = (ROOT / "mkdocs.yml").read_text()
     assert all(p.name in nav for p in pages()[1:])
+
+
+def test_the_docs_site_builds_with_strict_checks(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "site" / "statistics" / "index.html").is_file()

@@ -26,7 +26,7 @@ import pandas as pd
 
 from sft_lab.analysis import plots, stats
 from sft_lab.analysis import table as tbl
-from sft_lab.analysis.cli import apply_filters, ensure_base
+from sft_lab.analysis.base import apply_filters, ensure_base
 from sft_lab.analysis.collect import collect
 from sft_lab.errors import UserError
 from sft_lab.tasks import HELDOUT_PREFIX, is_generative, is_heldout

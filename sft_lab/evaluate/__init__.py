@@ -216,12 +216,3 @@ def _generations(task: str, rows: list[dict], answers: dict, max_gen_toks: int, 
     for w in warnings:
         log.warning("%s", w)
     return warnings
-
-
-
-if __name__ == "__main__":
-    import sys
-
-    from sft_lab.reevaluate import main
-
-    sys.exit(main())
