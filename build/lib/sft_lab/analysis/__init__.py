@@ -1,1 +1,0 @@
-"""From finished run records to ablation tables: collect -> statistics -> table -> render / plot."""
