@@ -116,7 +116,7 @@ class TrainConfig:
     save_steps: int = 20  # checkpoints so that a killed run resumes
     eval_steps: int = 0  # held-out loss every K steps (0: only at the end)
     eval_examples: int = 0  # held-out examples in those periodic losses, spread over the split (0: all)
-    group_by_length: bool = True  # similar lengths per batch: 1.4% padding on Alpaca vs 34% (benchmarks/padding.py)
+    group_by_length: bool = True  # similar lengths per batch: 1.4% padding on Alpaca vs 34% (benchmarks/speed/padding.py)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, about 30% slower
     packing: bool = False  # several examples per row, each attending only to itself (position ids restart)
     train_on_prompt: bool = False  # loss on the prompt tokens too (default: answers only)
@@ -146,7 +146,7 @@ class EvalConfig:
     # the run's template and stopped at its end of turn or EOS.
     max_gen_toks: int = 256
     # Rows of the continuous generation batch (sft_lab/generate.py). On 2 CPU cores a decode step costs
-    # about the same at 32 rows as at 16 (benchmarks/generate_throughput.py).
+    # about the same at 32 rows as at 16 (benchmarks/speed/generate_throughput.py).
     gen_batch_size: int = 32
     # Who scores the log-likelihood tasks: sft_lab (sft_lab/scoring.py, the default) or lm-eval's own hf model,
     # which gives the same scores (tests/test_scoring.py) more slowly; not part of the fingerprint.

@@ -5,7 +5,7 @@ answer that writes to the token limit keeps its whole batch busy. Here prompts w
 by length; a finished answer leaves the batch at once, and waiting prompts are prefilled and merged
 into the running batch's cache (left-padded to a common length) to take its place. Stopping is
 lm-eval's: the end-of-sequence token or any `until` string, and the answer is cut at the first stop
-string as lm-eval cuts it. benchmarks/generate_throughput.py compares the two side by side.
+string as lm-eval cuts it. benchmarks/speed/generate_throughput.py compares the two side by side.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _buffered(cache):
 @contextlib.contextmanager
 def skinny_linears(model):
     """While decoding, every plain nn.Linear computes its few rows as (W x^T)^T: the same products, which
-    MKL runs 1.3-1.5x faster at 16-64 rows than F.linear (benchmarks/generate_throughput.py profiles it).
+    MKL runs 1.3-1.5x faster at 16-64 rows than F.linear (benchmarks/speed/generate_throughput.py profiles it).
     The modules' own forwards come back after."""
     swapped = []
     for module in model.modules():

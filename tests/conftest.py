@@ -79,3 +79,19 @@ def data_dir() -> Path:
     if not (DATA_DIR / "alpaca.json").is_file():
         pytest.fail(f"the shared data is not at {DATA_DIR}; set SFT_LAB_DATA_DIR")
     return DATA_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, and saying so, on a machine without it."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,7 +1,7 @@
 """A/A calibration: runs of one config that differ only in the seed, split at random into two arms.
 
 Any difference between the arms is noise, so a test at level 0.05 should flag about 5% of splits.
-Used by the real-run tests (toy setting) and by benchmarks/aa_calibration.py (SmolLM2).
+Used by the real-run tests (toy setting) and by benchmarks/stats/aa_calibration.py (SmolLM2).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A test between two rows (compare) takes the seed variance of a run mean pooled o
 come from Satterthwaite with the seed term taken at its upper 80% confidence limit: the plain
 Satterthwaite df, computed from the estimates, jump towards the item count whenever the 1–3 df seed
 term comes out small by chance, and the test then rejected 8–12% of true nulls. Simulated over the
-grid in benchmarks/significance_simulation.py the rule holds its level (A/A ≤ 6%). Seed variance
+grid in benchmarks/stats/significance_simulation.py the rule holds its level (A/A ≤ 6%). Seed variance
 cannot be estimated from one run, and a seed variance of exactly 0 gives no test: then nothing is claimed.
 
 Ratio metrics (bits per byte: total bits / total bytes) enter as per-item jackknife pseudo-values,
@@ -185,7 +185,7 @@ def seed_pool(mats: list[np.ndarray]) -> Optional[SeedPool]:
 
 
 # The seed term's share of the df is taken at its upper confidence limit at this level: the plain plug-in
-# Satterthwaite df rejected up to 12% of true nulls with 2 seeds (benchmarks/significance_simulation.py).
+# Satterthwaite df rejected up to 12% of true nulls with 2 seeds (benchmarks/stats/significance_simulation.py).
 DF_QUANTILE = 0.2
 
 

@@ -467,7 +467,7 @@ def _power(table_rows: list[Row], columns: list[str], ref, family: int, items: I
 POWER_LEGEND = ("min. detectable Δ: the smallest true difference from {against} that this table's † test finds with "
                 "80% power, {holm}, for a row of the fewest seeds here and the items shown, with the table's own "
                 "variance estimates (pooled seed variance and its df, the row-by-item interaction). Checked against "
-                "simulated tests in benchmarks/significance_simulation.py.")
+                "simulated tests in benchmarks/stats/significance_simulation.py.")
 
 
 # ---------------------------------------------------------------- rendering

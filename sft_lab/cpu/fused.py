@@ -6,7 +6,7 @@ input gradient of base and adapter in one accumulation. RMSNorm's seven ops beco
 product saves its two inputs, not also the SiLU output (recomputed in the backward pass), so each layer
 keeps one [tokens, intermediate] tensor fewer. Same function and gradients within float rounding
 (tests/test_fused.py checks them in float64 and on a whole model); 1.17x a SmolLM2 forward and backward
-on 2 cores (benchmarks/fused_ops.py).
+on 2 cores (benchmarks/speed/fused_ops.py).
 
 `fused_ops(model)` swaps the forwards of the modules it can fuse for the duration of a `with` block and
 restores them after. A module it cannot fuse exactly (LoRA dropout, DoRA, several adapters, a trained

@@ -1,7 +1,7 @@
 """One `python -m sft_lab.run` command, run by this tree and by an earlier commit, side by side.
 
-    python benchmarks/versus_commit.py REV [--rounds 2] -- OVERRIDES...
-    python benchmarks/versus_commit.py 6aa6446~1 -- model=tiny tracking=none data.examples=64 \\
+    python -m benchmarks.speed.versus_commit REV [--rounds 2] -- OVERRIDES...
+    python -m benchmarks.speed.versus_commit 6aa6446~1 -- model=tiny tracking=none data.examples=64 \\
         train.max_steps=4 'eval.tasks=[arc_easy,piqa]' eval.limit=200
 
 REV is checked out into a temporary git worktree, which uses this environment's packages. The two sides
@@ -20,9 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.measure import timed  # noqa: E402
+from benchmarks.common import ROOT  # noqa: E402
+from benchmarks.common import timed  # noqa: E402
 
 
 def run_once(tree: Path, overrides: list[str], runs: Path) -> tuple[float, int, dict]:

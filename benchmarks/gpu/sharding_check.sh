@@ -6,7 +6,7 @@
 #  2. QLoRA (model.load_in_4bit=true) on SmolLM2-135M's architecture saved with random weights, against the
 #     same run in bf16: a finished record, its peak GPU memory and loss.
 # Offline GPU machine: carry the pinned wheels (.whl), a tokenizer folder (.gpu/tok), bitsandbytes (.bnb,
-# unpacked; its CUDA 13 library is enough) and alpaca.json (.gpdata), as benchmarks/gpu_toy_check.sh says.
+# unpacked; its CUDA 13 library is enough) and alpaca.json (.gpdata), as benchmarks/gpu/toy_check.sh says.
 set -x; OUT=${OUT:-/tmp/gpu_check}; LOGS=/tmp/gpu_logs; mkdir -p $OUT $LOGS
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/.bnb:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SFT_LAB_CACHE_DIR=/tmp/cache

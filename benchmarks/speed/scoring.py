@@ -1,6 +1,6 @@
 """Scoring only what lm-eval scores: sft-lab's ContinuationLM vs lm-eval's HFLM on the same model object.
 
-    python benchmarks/scoring.py [--model smollm2_135m] [--limit 40] [--no-lora] [--rounds 2]
+    python -m benchmarks.speed.scoring [--model smollm2_135m] [--limit 40] [--no-lora] [--rounds 2]
 
 Same in-memory model (SmolLM2-135M, plus an untrained LoRA r8 unless --no-lora), same task YAMLs
 (ARC-Easy, PIQA), same limit, batch size 16, sides alternating. Checks every per-choice
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -36,7 +33,7 @@ def main() -> None:
     from sft_lab.scoring import ContinuationLM
     from sft_lab.tasks import write_tasks
 
-    cfg = compose([f"model={args.model}", f"paths.data_dir={os.environ.get('SFT_LAB_DATA_DIR', 'data')}"])
+    cfg = compose([f"model={args.model}", ])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = load_model(cfg.model, tok, cfg.paths.cache_dir, 0)
     model = (model if args.no_lora else add_lora(model, cfg.lora)).eval()

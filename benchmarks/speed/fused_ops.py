@@ -1,6 +1,6 @@
 """Fused training ops (sft_lab.cpu.fused) against peft's and transformers' own modules, side by side.
 
-    python benchmarks/fused_ops.py [--rounds 9] [--batch-size 2] [--length 192]
+    python -m benchmarks.speed.fused_ops [--rounds 9] [--batch-size 2] [--length 192]
 
 SmolLM2-135M-Instruct with LoRA r8 on all seven projections (B drawn non-zero, as after training), one
 forward and backward pass of the decoder on random tokens (loss on the second half of each row), in
@@ -15,9 +15,7 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -1,6 +1,6 @@
 """Padding waste on the Alpaca mixture at the default settings: random batches vs length-grouped.
 
-    python benchmarks/padding.py [--data alpaca] [--batch-size 4] [--max-length 256]
+    python -m benchmarks.speed.padding [--data alpaca] [--batch-size 4] [--max-length 256]
 
 Runs the real tokenised mixture through the same sampler and collator the trainer uses (one full
 epoch, no model) and prints a table and one JSON line.
@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def padding_fraction(rows, sampler, batch_size, collator) -> float:
@@ -45,7 +41,7 @@ def main() -> None:
 
     cfg = compose([f"data={args.data}"])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
-    mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), cfg.seed)
+    mix = build_mixture(cfg.data, cfg.paths.data_dir, cfg.seed)
     rows = tokenise_mixture(mix, cfg.template, tok, args.max_length, cfg.paths.cache_dir).train
     collator = Collator(tok.pad_token_id)
     g = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ arm 3 against arm 4, and so on, each run used once, with the tables' own test (s
 difference is noise, so about 5% of tests should be flagged. Prints one line per column (every column
 with per-item results) and one JSON line.
 
-    python benchmarks/aa_independent.py runs/gen_study --filter data=alpaca
+    python -m benchmarks.stats.aa_independent runs/gen_study --filter data=alpaca
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sft_lab.analysis.calibration import aa_independent  # noqa: E402
 from sft_lab.analysis.cli import apply_filters  # noqa: E402

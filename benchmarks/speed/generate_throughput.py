@@ -1,8 +1,8 @@
 """Greedy generation: sft-lab's continuous batch (sft_lab.generate) vs lm-eval's `hf` model, side by side.
 
-    python benchmarks/generate_throughput.py                       # SmolLM2-135M, 32 IFEval prompts
-    python benchmarks/generate_throughput.py --prompts 64 --max-gen-toks 256 --rounds 2
-    python benchmarks/generate_throughput.py --model tiny          # plumbing only (a random model)
+    python -m benchmarks.speed.generate_throughput                       # SmolLM2-135M, 32 IFEval prompts
+    python -m benchmarks.speed.generate_throughput --prompts 64 --max-gen-toks 256 --rounds 2
+    python -m benchmarks.speed.generate_throughput --model tiny          # plumbing only (a random model)
 
 The same IFEval prompts, rendered by the same template, the same stop strings, `max_gen_toks` and batch
 size go through both paths' `generate_until`, in alternating order over the rounds. Prints answer tokens
@@ -18,10 +18,7 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Eval throughput: sft-lab's in-process evaluation of a trained model vs lm-eval's own `hf` model
 loading the saved model (base + LoRA adapter) from disk.
 
-    python benchmarks/eval_throughput.py [--tasks arc_easy,piqa] [--limit 100] [--rounds 2] [--also-unmerged]
+    python -m benchmarks.speed.eval_throughput [--tasks arc_easy,piqa] [--limit 100] [--rounds 2] [--also-unmerged]
 
 Held equal: SmolLM2-135M-Instruct + the same LoRA adapter (r8), the same task YAMLs and limit, batch
 size 16, fp32 on CPU. Both sides run in this process, alternating, and items/s is reported with and
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
     tasks = args.tasks.split(",")
     cfg = compose([f"eval.tasks=[{args.tasks}]", f"eval.limit={args.limit}", "eval.log_samples=false"])
     work = Path(tempfile.mkdtemp())
-    write_tasks(work / "tasks", os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), [])
+    write_tasks(work / "tasks", cfg.paths.data_dir, [])
     base_path = local_path(cfg.model.name_or_path, cfg.paths.cache_dir)
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     torch.manual_seed(0)

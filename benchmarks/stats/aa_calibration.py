@@ -6,8 +6,8 @@ disjoint 2-vs-2 comparisons (independent). Every difference is noise, so a test 
 flag about 5%. Prints both tests' rates, the between-seed SD and the item
 disagreement rate per column, then one JSON line.
 
-    python benchmarks/aa_calibration.py                      # 8 seeds, about 30 min on 2 CPU cores
-    python benchmarks/aa_calibration.py --seeds 4 --steps 10 --limit 50 --runs-dir /tmp/aa   # a smoke run
+    python -m benchmarks.stats.aa_calibration                      # 8 seeds, about 30 min on 2 CPU cores
+    python -m benchmarks.stats.aa_calibration --seeds 4 --steps 10 --limit 50 --runs-dir /tmp/aa   # a smoke run
 Runs already finished in --runs-dir are reused (the pipeline skips them), so it resumes.
 """
 
@@ -19,10 +19,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT  # noqa: E402
 
 from sft_lab.analysis.calibration import aa_independent, aa_rates  # noqa: E402
 from sft_lab.analysis.collect import collect  # noqa: E402

@@ -1,6 +1,6 @@
 """Start-up (`--help`, `--cfg job`) and re-launch of a finished 4-run multirun.
 
-    python benchmarks/startup_relaunch.py
+    python -m benchmarks.speed.startup_relaunch
 
 Targets: start-up at most 2 s; a re-launched finished multirun at most 5% of its first wall time, and
 it trains nothing (every record's `updated` stamp is unchanged). The multirun is the tiny model's
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import ROOT  # noqa: E402
 
 
 def timed(args: list[str], cwd) -> float:

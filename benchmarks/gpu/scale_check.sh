@@ -3,7 +3,7 @@
 #  1. torchrun (nccl) on the toy setting: the launcher path on CUDA, bf16, rank 0 records.
 #  2. A 300M-parameter random Llama (model=tiny with a bigger arch), LoRA r8, bf16: gradient
 #     checkpointing and attention kernels as factors; peak GPU memory and loss curves per run.
-# Carry the pinned wheels (.whl) and a tokenizer folder (.gpu/tok), as benchmarks/gpu_toy_check.sh says.
+# Carry the pinned wheels (.whl) and a tokenizer folder (.gpu/tok), as benchmarks/gpu/toy_check.sh says.
 set -x; OUT=${OUT:-/tmp/gpu_check}; mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 SFT_LAB_CACHE_DIR=/tmp/cache

@@ -1,8 +1,8 @@
 """Training throughput: sft-lab's training path vs TRL's SFTTrainer vs a plain transformers Trainer script.
 
     pip install trl==1.16.0          # the comparison baseline (pip install -e ".[bench]")
-    python benchmarks/train_throughput.py [--steps 12] [--rounds 2] [--batch-size 4] [--max-length 256]
-    python benchmarks/train_throughput.py --sides sft_lab,trl_defaults --steps 4 --rounds 1   # about 10 minutes
+    python -m benchmarks.speed.train_throughput [--steps 12] [--rounds 2] [--batch-size 4] [--max-length 256]
+    python -m benchmarks.speed.train_throughput --sides sft_lab,trl_defaults --steps 4 --rounds 1   # about 10 minutes
 
 Held equal: SmolLM2-135M-Instruct (fp32), LoRA r8/alpha16 (dropout --lora-dropout) on the same modules, the same Alpaca
 examples rendered with the same Alpaca prompt (loss on the answer only), batch, max length, steps,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -28,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT  # noqa: E402
 SIDES = ("sft_lab", "plain_trainer", "trl", "trl_defaults")
 DEFAULT_SIDES = "sft_lab,plain_trainer,trl"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -68,7 +66,7 @@ def setup(args):
     cfg = compose(["data=alpaca", f"data.examples={args.steps * args.batch_size}", *args.model.split()])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     model = load_model(cfg.model, tok, cfg.paths.cache_dir, seed=0)
-    mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), seed=0)
+    mix = build_mixture(cfg.data, cfg.paths.data_dir, seed=0)
     examples = [(ex, *render_prompt(ex.conversation, cfg.template, tok)) for ex in mix.train]
     return cfg, tok, model, mix, examples
 
@@ -168,7 +166,7 @@ def main() -> None:
     parser.add_argument("--lora-dropout", type=float, default=LoraConfig.dropout, help="every side (sft-lab's default)")
     parser.add_argument("--sides", default=DEFAULT_SIDES, help=f"comma-separated, from {','.join(SIDES)}")
     parser.add_argument("--side", help=argparse.SUPPRESS)
-    parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 on every side (benchmarks/gpu_throughput.py)")
+    parser.add_argument("--gpu", action="store_true", help="CUDA with bf16 on every side (benchmarks/gpu/throughput.py)")
     parser.add_argument("--model", default="", help="Hydra overrides for the model, e.g. 'model=tiny model.arch.hidden_size=576'")
     args = parser.parse_args()
     if args.side:
@@ -184,7 +182,7 @@ def main() -> None:
     for r in range(args.rounds):
         results = {}
         for side in sides if r % 2 == 0 else sides[::-1]:  # alternate the order between rounds
-            out = subprocess.run([sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--batch-size",
+            out = subprocess.run([sys.executable, "-m", __spec__.name, "--side", side, "--steps", str(args.steps), "--batch-size",
                                   str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model,
                                   "--lora-dropout", str(args.lora_dropout),
                                   *(["--gpu"] if args.gpu else [])],

@@ -1,6 +1,6 @@
 """Training step time: the loss on label positions only (sft-lab) vs the model's own full-logits loss.
 
-    python benchmarks/label_positions.py [--model smollm2_135m] [--steps 6] [--rounds 3] [--batch-size 4]
+    python -m benchmarks.speed.label_positions [--model smollm2_135m] [--steps 6] [--rounds 3] [--batch-size 4]
 
 SmolLM2-135M (fp32, CPU), LoRA r8 on all projections, Alpaca rendered with the Alpaca template (loss on
 answers only), the same batches for both sides. Each round times a forward+backward step of both
@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -37,8 +33,7 @@ def main() -> None:
     from sft_lab.templates import IGNORE
     from sft_lab.tokens import Collator, tokenise_mixture
 
-    cfg = compose([f"model={args.model}", f"paths.data_dir={os.environ.get('SFT_LAB_DATA_DIR', 'data')}",
-                   "data.examples=512"])
+    cfg = compose([f"model={args.model}", "data.examples=512"])
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     data = tokenise_mixture(build_mixture(cfg.data, cfg.paths.data_dir, 0), cfg.template, tok, args.max_length,
                             cfg.paths.cache_dir)

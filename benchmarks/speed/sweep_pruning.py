@@ -1,7 +1,7 @@
 """Pruning efficiency: the full lr x lora.r grid against a pruned TPE search with the same number of trials.
 
-    python benchmarks/sweep_pruning.py                       # SmolLM2-135M, 3 x 3 grid, about 30 minutes
-    python benchmarks/sweep_pruning.py --model tiny --steps 8    # plumbing check, about 3 minutes
+    python -m benchmarks.speed.sweep_pruning                       # SmolLM2-135M, 3 x 3 grid, about 30 minutes
+    python -m benchmarks.speed.sweep_pruning --model tiny --steps 8    # plumbing check, about 3 minutes
 
 Both searches run through `python -m sft_lab.sweep`, one after the other, each in a fresh runs folder
 (nothing is reused between them). The grid trains every point to the end; the search samples lr
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import ROOT  # noqa: E402
 LN2 = math.log(2)
 
 

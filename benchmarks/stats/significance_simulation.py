@@ -9,8 +9,8 @@ the table's test (stats.compare) and of the t over seed means, their power, and 
 predicts (stats.power, the function behind the "min. detectable Δ" row and analysis/plan.py) from the
 variance components. Then one JSON line. About 20 minutes on 2 CPU cores at 600 draws.
 
-    python benchmarks/significance_simulation.py
-    python benchmarks/significance_simulation.py --draws 200 --items 200 --seeds 2   # a few cells
+    python -m benchmarks.stats.significance_simulation
+    python -m benchmarks.stats.significance_simulation --draws 200 --items 200 --seeds 2   # a few cells
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sft_lab.analysis.simulation import Setting, run_cell  # noqa: E402
 

@@ -1,4 +1,6 @@
-"""What the benchmarks share: a command's wall time and the peak RSS of its whole process tree."""
+"""What the benchmarks share: the checkout's root, and a command's wall time and the peak RSS of its whole
+process tree. Run every benchmark from the checkout's root as a module, e.g.
+`python -m benchmarks.speed.train_throughput`; the data folder comes from SFT_LAB_DATA_DIR, as for runs."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(cmd: list[str], cwd: Path, pythonpath: Path) -> tuple[float, int]:

@@ -1,13 +1,13 @@
 """A whole ablation grid end to end: sft-lab's one command vs the by-hand workflow (TRL + lm-eval CLI).
 
     pip install trl==1.16.0          # the by-hand side's trainer (pip install -e ".[bench]")
-    python benchmarks/study_throughput.py [--steps 30] [--limit 100] [--rounds 1] [--by-hand-first]
+    python -m benchmarks.speed.study_throughput [--steps 30] [--limit 100] [--rounds 1] [--by-hand-first]
 
 The grid: data=alpaca,dolly x lr=1e-4,2e-4, SmolLM2-135M-Instruct, LoRA r8, `--steps` steps at batch 4
 and max length 256, then ARC-Easy and PIQA at `--limit` items each, fp32 on CPU.
 - sft_lab: `python -m sft_lab.run -m data=alpaca,dolly lr=1e-4,2e-4 ...` (one process for the grid).
 - by_hand: per config, a training script with TRL's SFTTrainer on the same examples (fp32, no gradient
-  checkpointing, as in benchmarks/train_throughput.py) that saves the adapter, then the `lm_eval` CLI
+  checkpointing, as in benchmarks/speed/train_throughput.py) that saves the adapter, then the `lm_eval` CLI
   on the saved base + adapter with the same task YAMLs and items.
 Sides alternate between rounds. Each side's wall time and peak RSS (its whole process tree, sampled)
 are measured; the accuracies of the two sides must agree within sampling noise. Prints a table and
@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.measure import timed  # noqa: E402
+from benchmarks.common import ROOT  # noqa: E402
+from benchmarks.common import timed  # noqa: E402
 DATA = ("alpaca", "dolly")
 LRS = ("1e-4", "2e-4")
 TASKS = ("arc_easy", "piqa")
@@ -55,12 +53,12 @@ def by_hand_side(args, work: Path) -> tuple[float, int, dict]:
     cfg = compose([])
     base = local_path(cfg.model.name_or_path, cfg.paths.cache_dir)  # the HF folder a user would have
     tasks = work / "tasks"
-    write_tasks(tasks, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), [])
+    write_tasks(tasks, cfg.paths.data_dir, [])
     wall, peak, scores = 0.0, 0, {}
     for data in DATA:
         for lr in LRS:
             out = work / f"by_hand_{data}_{lr}"
-            w1, p1 = timed([sys.executable, __file__, "--train-by-hand", data, lr, str(out), "--steps", str(args.steps)],
+            w1, p1 = timed([sys.executable, "-m", __spec__.name, "--train-by-hand", data, lr, str(out), "--steps", str(args.steps)],
                            work, ROOT)
             w2, p2 = timed(["lm_eval", "--model", "hf", "--model_args",
                             f"pretrained={base},peft={out / 'adapter'},dtype=float32", "--tasks", ",".join(TASKS),
@@ -89,7 +87,7 @@ def train_by_hand(data: str, lr: str, out: Path, steps: int) -> None:
     tok = load_tokenizer(cfg.model, cfg.paths.cache_dir)
     torch.manual_seed(0)
     model = load_model(cfg.model, tok, cfg.paths.cache_dir, seed=0)
-    mix = build_mixture(cfg.data, os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), seed=0)
+    mix = build_mixture(cfg.data, cfg.paths.data_dir, seed=0)
     eos = tok.eos_token
     rows = []
     for ex in mix.train:

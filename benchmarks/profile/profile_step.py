@@ -1,8 +1,8 @@
 """Where one LoRA training step's time goes (or, with --eval, an evaluation's): matrix multiplies
 against everything else.
 
-    python benchmarks/profile_step.py [--batch-size 4] [--length 160] [--lora-dropout 0.0]
-    python benchmarks/profile_step.py --eval [--limit 40]     # sft-lab's evaluation, ARC-Easy + PIQA
+    python -m benchmarks.profile.profile_step [--batch-size 4] [--length 160] [--lora-dropout 0.0]
+    python -m benchmarks.profile.profile_step --eval [--limit 40]     # sft-lab's evaluation, ARC-Easy + PIQA
 
 SmolLM2-135M-Instruct, LoRA r8 on the attention and MLP projections (as in train_throughput.py), one
 forward and backward pass on a batch of random tokens with the first half of each row masked from the
@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -40,10 +37,9 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from torch.profiler import profile
 
-    from sft_lab.cpu import unpadded
     from sft_lab.config import compose
     from sft_lab.cpu.fused import fused_ops
-    from sft_lab.cpu.loss import answer_loss
+    from sft_lab.cpu.passes import PASS_TOKENS, loss_in_passes
     from sft_lab.models import load_model, load_tokenizer
 
     cfg = compose()
@@ -59,18 +55,17 @@ def main() -> None:
         ids = torch.randint(0, len(tok), (args.batch_size, args.length))
         labels = ids.clone()
         labels[:, : args.length // 2] = -100
-        # as sft-lab trains on CPU: the rows laid end to end in one pass, the LM head on the answers only
-        lengths = [args.length] * args.batch_size
-        part, part_labels = unpadded.end_to_end({"input_ids": ids}, labels, list(range(args.batch_size)), lengths)
-        head = model.get_output_embeddings()
+        # the production loss (sft_lab.cpu.passes.loss_in_passes): the batch in passes of PASS_TOKENS, each pass's
+        # rows laid end to end, the LM head on the answers only
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        scale = 1 / int((labels[:, 1:] != -100).sum())
 
         def step():
-            with unpadded.rows_attention(model):
-                loss, tokens = answer_loss(model, head, part, part_labels)
-            (loss / tokens).backward()
+            loss, _ = loss_in_passes(model, model, dict(batch), labels, scale, PASS_TOKENS, True, torch.autograd.backward)
+            loss.backward()
 
-        what = f"one step, batch {args.batch_size} x {args.length} tokens in one pass"
-    # As sft-lab trains on CPU (SFT_LAB_UNFUSED=1: peft's and transformers' own modules); it evaluates unfused.
+        what = f"one step, batch {args.batch_size} x {args.length} tokens in passes of {PASS_TOKENS}"
+    # As sft-lab trains on CPU (fused ops); it evaluates unfused.
     with fused_ops(model, enabled=not args.eval):
         step()  # warm-up
         start = time.perf_counter()
@@ -99,7 +94,7 @@ def main() -> None:
 
 def eval_step(model, tok, limit: int):
     """sft-lab's evaluation on ARC-Easy and PIQA; the first call (the warm-up) scores 8 items each."""
-    import os
+
     import tempfile
 
     from sft_lab.config import compose
@@ -110,7 +105,7 @@ def eval_step(model, tok, limit: int):
     model = merged_for_eval(model).eval()  # as the pipeline evaluates
     work = Path(tempfile.mkdtemp())
     cfg = compose()
-    write_tasks(work / "tasks", os.environ.get("SFT_LAB_DATA_DIR", cfg.paths.data_dir), [])
+    write_tasks(work / "tasks", cfg.paths.data_dir, [])
     calls = iter([compose(["eval.tasks=[arc_easy,piqa]", "eval.limit=8", "eval.log_samples=false"]).eval,
                   compose(["eval.tasks=[arc_easy,piqa]", f"eval.limit={limit}", "eval.log_samples=false"]).eval])
     return lambda: evaluate(model, tok, next(calls), work / "tasks", work)

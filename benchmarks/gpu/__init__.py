@@ -1,0 +1,1 @@
+"""GPU acceptance checks and figures; they need a CUDA machine."""
