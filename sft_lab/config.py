@@ -21,6 +21,12 @@ from sft_lab.errors import ConfigError  # noqa: F401  (re-exported: sft_lab.conf
 from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
 
 
+# The string choices validate() accepts.
+FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "messages")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "sgd", "adafactor")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -205,7 +211,6 @@ def compose(overrides: Optional[List[str]] = None) -> DictConfig:
     GlobalHydra.instance().clear()  # inside a Hydra job (sweep_worker), compose anew
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
-FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "messages")
 
 
 def _check_known_keys(cfg: DictConfig) -> None:
@@ -244,9 +249,7 @@ def check_overrides(cfg: DictConfig, overrides: list[str] | None) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key.
-
-    eval.heldout=all is spelt out in eval.tasks here, so the record lists every task evaluated."""
+    """Cross-field checks, before anything heavy is loaded. Raises ConfigError naming the key; changes nothing."""
     _check_known_keys(cfg)
     for key in ("lr", "train.epochs", "train.warmup_steps", "train.weight_decay", "train.max_grad_norm",
                 "train.neftune_alpha", "lora.alpha", "lora.dropout"):
@@ -307,8 +310,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_eval(cfg.eval)
 
 
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "sgd", "adafactor")
 
 
 def _check_installed(model: ModelConfig) -> None:
@@ -412,17 +413,25 @@ def heldout_sources() -> Dict[str, Any]:
     return {name: OmegaConf.merge(OmegaConf.structured(SourceConfig), src) for name, src in data.sources.items()}
 
 
-def expand_heldout(ev: EvalConfig) -> None:
-    """eval.heldout=all appends heldout_<source> for every local instruction set to eval.tasks."""
+def expanded_tasks(ev: EvalConfig) -> list[str]:
+    """eval.tasks as the run evaluates them: with eval.heldout=all, heldout_<source> for every local
+    instruction set is appended."""
     if ev.heldout not in ("own", "all"):
         raise ConfigError(f"eval.heldout must be 'own' or 'all', got {ev.heldout!r}")
-    if ev.heldout == "all":
-        ev.tasks = list(ev.tasks) + [f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()
-                                     if f"{HELDOUT_PREFIX}{s}" not in ev.tasks]
+    extra = [f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()] if ev.heldout == "all" else []
+    return list(ev.tasks) + [t for t in extra if t not in ev.tasks]
+
+
+def expand_heldout(ev: EvalConfig) -> None:
+    """Spell eval.heldout=all out in eval.tasks, so the record lists every task evaluated: the first step of a
+    run (pipeline.run) and of a sweep trial, before the fingerprint."""
+    tasks = expanded_tasks(ev)
+    if tasks != list(ev.tasks):
+        ev.tasks = tasks
 
 
 def _validate_eval(ev: EvalConfig) -> None:
-    expand_heldout(ev)
+    tasks = expanded_tasks(ev)
     if ev.scorer not in ("sft_lab", "hf"):
         raise ConfigError(f"eval.scorer must be sft_lab or hf, got {ev.scorer!r}")
     if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
@@ -437,7 +446,7 @@ def _validate_eval(ev: EvalConfig) -> None:
         raise ConfigError(f"eval.include_path={ev.include_path!r} is not a folder")
     known = (shipped_task_names() | {f"{p}{s}" for s in heldout_sources() for p in (HELDOUT_PREFIX, GEN_PREFIX)}
              | (user_task_names(ev.include_path) if ev.include_path else set()))
-    unknown = [t for t in ev.tasks if t not in known]
+    unknown = [t for t in tasks if t not in known]
     if unknown and not all(t.startswith(HELDOUT_PREFIX) for t in unknown):  # heldout_*: sft-lab's names alone
         unknown = [t for t in unknown if t.startswith(HELDOUT_PREFIX) or t not in builtin_task_names()]
     if unknown:

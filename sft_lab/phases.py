@@ -13,7 +13,7 @@ import resource
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -33,6 +33,21 @@ def run_name(config: dict[str, Any]) -> str:
         "-".join(index.safe_name(str(part), 60) for part in (config["model"]["name"], config["data"]["name"],
                                                             config["template"]["name"]))
         + f"-{lora_label(config)}-lr{config['lr']:g}-s{config['seed']}")
+
+
+@dataclass
+class RunContext:
+    """One run's identity and how it was asked for, carried through the phases."""
+
+    cfg: Any  # the composed config (DictConfig)
+    config: dict[str, Any]  # the same, resolved, as the record keeps it
+    fingerprint: str
+    run_dir: Path
+    group: Optional[str] = None  # the W&B group
+    sweep: Optional[dict] = None  # {study, trial} for a sweep trial
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides
+    earlier: Optional[RunRecord] = None  # a failed or killed attempt that this one resumes
+    on_eval: Optional[Callable[[float, int], bool]] = None  # sees each periodic held-out loss; True stops the run
 
 
 @dataclass
@@ -65,6 +80,10 @@ def setup(cfg) -> Inputs:
 
     check_benchmark_files(list(cfg.eval.tasks), cfg.paths.data_dir)
     tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+
+    def render(ex) -> dict[str, str]:
+        return dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
+
     mixture = data = None
     heldout_rows: list[dict[str, str]] = []
     if not cfg.baseline or "heldout" in cfg.eval.tasks or "gen" in cfg.eval.tasks:
@@ -72,8 +91,7 @@ def setup(cfg) -> Inputs:
         data = tokenise_mixture(mixture, cfg.template, tokenizer, cfg.train.max_length, cfg.paths.cache_dir,
                                 token_budget=cfg.data.tokens, prompt_loss=cfg.train.train_on_prompt,
                                 packing=cfg.train.packing)
-        heldout_rows = [dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
-                        for ex in mixture.heldout]
+        heldout_rows = [render(ex) for ex in mixture.heldout]
         if not cfg.baseline and not data.train:
             raise DataError(f"train.max_length={cfg.train.max_length} leaves no answer token in any of the "
                             f"{len(mixture.train)} training examples (the prompt fills the whole length); raise "
@@ -87,9 +105,6 @@ def setup(cfg) -> Inputs:
     model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, cfg.seed)
     device, dtype = pick_device_and_dtype(cfg.model.dtype)
     window = min(getattr(model.config, "max_position_embeddings", None) or 2048, cfg.eval.heldout_max_tokens or 1 << 30)
-
-    def render(ex) -> dict[str, str]:
-        return dict(zip(("prompt", "answer"), render_prompt(ex.conversation, cfg.template, tokenizer)))
 
     def fits(ex) -> bool:  # past the model's window an item would be scored on a cut-off answer
         return len(tokenizer("".join(render(ex).values())).input_ids) <= window
@@ -137,15 +152,16 @@ def generation_item(conversation: list[dict], template, tokenizer) -> dict[str, 
 # ---------------------------------------------------------------- start
 
 
-def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Optional[str],
-          sweep: Optional[dict], earlier: Optional[RunRecord], overrides: Optional[list[str]] = None) -> RunRecord:
+def start(ctx: RunContext, inputs: Inputs) -> RunRecord:
     """The task folder, the Hydra files and the first record (status running); an earlier attempt is counted."""
     from sft_lab.templates import fingerprint_template
 
+    cfg, config, run_dir, earlier = ctx.cfg, ctx.config, ctx.run_dir, ctx.earlier
     write_task_folder(cfg, run_dir, inputs)
     mixture, data = inputs.mixture, inputs.data
     record = RunRecord(
-        status="running", fingerprint=fp, run_dir=str(run_dir), config=config, name=run_name(config), group=group,
+        status="running", fingerprint=ctx.fingerprint, run_dir=str(run_dir), config=config, name=run_name(config),
+        group=ctx.group,
         data={} if data is None else {
             "fingerprint": data.key, "mixture_fingerprint": mixture.fingerprint, "tokens_from_cache": data.from_cache,
             "train_examples": len(data.train), "heldout_examples": len(data.heldout),
@@ -155,7 +171,7 @@ def start(cfg, config: dict, fp: str, run_dir: Path, inputs: Inputs, group: Opti
              # how results were computed, kept out of the fingerprint (record.HOW_NOT_WHAT)
              "switches": {f"{g}.{k}": config.get(g, {}).get(k) for g, k in sorted(rec.HOW_NOT_WHAT)}},
         started=(earlier.started if earlier else None) or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        attempts=(earlier.attempts + 1) if earlier else 1, sweep=sweep, overrides=list(overrides or []),
+        attempts=(earlier.attempts + 1) if earlier else 1, sweep=ctx.sweep, overrides=list(ctx.overrides),
     )
     record.data["template_fingerprint"] = fingerprint_template(cfg.template, inputs.tokenizer)  # prompts as trained
     _write_hydra_files(run_dir, config, record.overrides)
@@ -196,45 +212,66 @@ def _write_hydra_files(run_dir: Path, config: dict, overrides: list[str]) -> Non
 # ---------------------------------------------------------------- train
 
 
-def train(cfg, inputs: Inputs, run_dir: Path, record: Optional[RunRecord], log_metrics: Callable,
-          on_eval: Optional[Callable[[float, int], bool]]) -> tuple[Any, bool]:
-    """Fills record.train and record.artifacts; returns (the model to evaluate, pruned).
+@dataclass
+class Fitted:
+    model: Any
+    result: Any = None  # sft_lab.train.Trained, when trained now
+    earlier: Optional[dict] = None  # the train metrics an earlier attempt saved with its weights
+    weights: Optional[Path] = None  # where those weights are
+    parameters: Optional[dict] = None
 
-    The base model is evaluated as it is. Weights saved by an earlier attempt are loaded, not retrained.
-    Ranks other than 0 (record None) train their share and save nothing.
-    """
+
+def _fit(ctx: RunContext, inputs: Inputs, log_metrics: Callable) -> Fitted:
+    """The model trained now, or loaded as an earlier attempt saved it."""
+    from sft_lab import train as training
+    from sft_lab.artifacts import load_trained, trained_result
     from sft_lab.models import add_lora, count_parameters
-    from sft_lab.artifacts import load_trained, save_trained, trained_result
-    from sft_lab.train import train
 
-    model = inputs.model
-    if cfg.baseline:
-        return model, False
-    done = trained_result(run_dir)
+    cfg = ctx.cfg
+    done = trained_result(ctx.run_dir)
     if done is not None:
-        model, saved = load_trained(model, run_dir)
-        if record is None:
-            return model, False
-        record.train, record.artifacts = done, {"weights": str(saved)}
-        log.info("Training finished in an earlier attempt: evaluating %s", saved)
-        return model, False
-    model = add_lora(model, cfg.lora)
+        model, weights = load_trained(inputs.model, ctx.run_dir)
+        return Fitted(model, earlier=done, weights=weights)
+    model = add_lora(inputs.model, cfg.lora)
     params = count_parameters(model)
     log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
              f"{params['total']:,}")
-    result = train(model, inputs.tokenizer, inputs.data, cfg.train, cfg.lr, cfg.seed, run_dir, log_metrics, on_eval)
-    if record is None:
-        return model, result.pruned
-    record.train = {**result.metrics, "parameters": params}
+    result = training.train(model, inputs.tokenizer, inputs.data, cfg.train, cfg.lr, cfg.seed, ctx.run_dir,
+                            log_metrics, ctx.on_eval)
+    return Fitted(model, result=result, parameters=params)
+
+
+def train(ctx: RunContext, inputs: Inputs, record: RunRecord, log_metrics: Callable) -> tuple[Any, bool]:
+    """Fills record.train and record.artifacts; returns (the model to evaluate, pruned).
+
+    The base model is evaluated as it is. Weights saved by an earlier attempt are loaded, not retrained.
+    """
+    from sft_lab.artifacts import load_trained, save_trained
+
+    if ctx.cfg.baseline:
+        return inputs.model, False
+    fitted = _fit(ctx, inputs, log_metrics)
+    model, result = fitted.model, fitted.result
+    if fitted.earlier is not None:
+        record.train, record.artifacts = fitted.earlier, {"weights": str(fitted.weights)}
+        log.info("Training finished in an earlier attempt: evaluating %s", fitted.weights)
+        return model, False
+    record.train = {**result.metrics, "parameters": fitted.parameters}
     for name, seen in result.metrics.get("trained_on", {}).items():
         record.data.setdefault("sources", {}).setdefault(name, {})["trained_on"] = seen
     if not result.pruned:
-        saved = save_trained(model, inputs.tokenizer, run_dir, record.train, result.full_weights)
+        saved = save_trained(model, inputs.tokenizer, ctx.run_dir, record.train, result.full_weights)
         record.artifacts = {"weights": str(saved)}
         if result.full_weights is not None:  # sharded: rank 0 evaluates an unsharded copy, the other ranks are done
-            model, _ = load_trained(_base_model(cfg, inputs), run_dir)
-    rec.write_record(run_dir, record)  # a failure in evaluation keeps what was trained
+            model, _ = load_trained(_base_model(ctx.cfg, inputs), ctx.run_dir)
+    rec.write_record(ctx.run_dir, record)  # a failure in evaluation keeps what was trained
     return model, result.pruned
+
+
+def train_share(ctx: RunContext, inputs: Inputs) -> None:
+    """A rank other than 0 under torchrun: trains its share of each batch; rank 0 saves and records."""
+    if not ctx.cfg.baseline:
+        _fit(ctx, inputs, lambda metrics, step: None)
 
 
 def _base_model(cfg, inputs: Inputs):
@@ -249,7 +286,7 @@ def _base_model(cfg, inputs: Inputs):
 def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> None:
     """lm-eval on the run's tasks, plus the mean token loss on the held-out answers; fills record.eval.
     The adapter is folded into the model first (saved already, and the model is dropped after)."""
-    from sft_lab.evaluate import evaluate, heldout_loss
+    from sft_lab import evaluate as evaluation
     from sft_lab.models import merged_for_eval
 
     model = merged_for_eval(model)
@@ -260,9 +297,10 @@ def evaluate(cfg, model, inputs: Inputs, run_dir: Path, record: RunRecord) -> No
 
         generation = {"until": inputs.stops.until, "stop": inputs.stops.note,
                       "template": cfg.template.name, "template_fingerprint": fingerprint_template(cfg.template, inputs.tokenizer)}
-    results, protocol, warnings = evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir, generation)
+    results, protocol, warnings = evaluation.evaluate(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", run_dir,
+                                                      generation)
     if "heldout" in cfg.eval.tasks and inputs.data is not None and inputs.data.heldout:
-        loss = heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id)
+        loss = evaluation.heldout_loss(model, inputs.data.heldout, inputs.tokenizer.pad_token_id)
         results.setdefault("heldout", {})["loss"] = {"value": loss, "stderr": None}
     record.eval, record.eval_protocol = results, protocol
     from sft_lab.checks import flag_same_as_base
@@ -292,13 +330,13 @@ def finish(run_dir: Path, record: RunRecord, status: str, error: Optional[BaseEx
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
-def execute(cfg, inputs: Inputs, run_dir: Path, record: RunRecord, tracker,
-            on_eval: Optional[Callable[[float, int], bool]] = None) -> RunRecord:
+def execute(ctx: RunContext, inputs: Inputs, record: RunRecord, tracker) -> RunRecord:
     """train -> evaluate -> finish, with the status a crash, a kill or a pruner leaves."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
     status, error = "failed", None
     try:
         distributed.all_ok(None)  # every rank loaded its inputs (no-op for one process)
-        model, pruned = train(cfg, inputs, run_dir, record, tracker.log, on_eval)
+        model, pruned = train(ctx, inputs, record, tracker.log)
         distributed.barrier()  # the other ranks exit here; evaluation is rank 0's alone
         if pruned:
             status = "pruned"

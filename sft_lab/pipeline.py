@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from sft_lab import distributed, phases
 from sft_lab import record as rec
-from sft_lab.config import check_overrides, to_container, validate
+from sft_lab.config import check_overrides, expand_heldout, to_container, validate
 from sft_lab.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
     Under torchrun, ranks other than 0 train their share and return None (sft_lab/distributed.py)."""
     validate(cfg)
     check_overrides(cfg, overrides)
+    expand_heldout(cfg.eval)
     config = to_container(cfg)
     fp = rec.fingerprint(config)  # the same on every rank under torchrun
     distributed.init()
@@ -48,11 +49,13 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
         log.info("Already %s: %s (force=true re-runs it)", existing.status, run_dir / rec.RECORD)
         return existing
 
-    if not distributed.is_main():
-        return _follow(cfg, run_dir)
-    made_here = not run_dir.exists()
     to_archive = corrupt or bool(existing and existing.done)
-    earlier = None if to_archive else existing  # a failed or killed attempt, resumed
+    ctx = phases.RunContext(cfg, config, fp, run_dir, group, sweep, list(overrides or []),
+                            earlier=None if to_archive else existing,  # a failed or killed attempt, resumed
+                            on_eval=on_eval)
+    if not distributed.is_main():
+        return _follow(ctx)
+    made_here = not run_dir.exists()
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_sigterm_as_interrupt())
@@ -60,26 +63,25 @@ def run(cfg: DictConfig, group: Optional[str] = None, sweep: Optional[dict] = No
                 _check_writable(run_dir, cfg.paths.runs_dir)
                 stack.enter_context(rec.run_lock(run_dir))
                 stack.enter_context(_log_to(run_dir / "run.log"))
-                record, inputs, tracker = _begin(cfg, config, fp, run_dir, group, sweep, to_archive, earlier,
-                                                 overrides)
+                record, inputs, tracker = _begin(ctx, to_archive)
             except BaseException as e:
                 distributed.all_ok(e)  # the other ranks stop too; raises e here
-            return phases.execute(cfg, inputs, run_dir, record, tracker, on_eval)
+            return phases.execute(ctx, inputs, record, tracker)
     finally:
         if made_here and not (run_dir / rec.RECORD).exists():  # failed on its inputs: leave no half-made folder
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earlier: Optional[RunRecord],
-           overrides: Optional[list[str]]):
+def _begin(ctx: phases.RunContext, to_archive: bool):
     """Inputs loaded, then (force=true) the old results moved aside, the first record and the tracker.
 
     The old results move only once the new run's inputs have loaded, and come back if it fails before
     its first record, so a bad override never costs a finished run."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
     inputs = phases.setup(cfg)
     archived = rec.archive(run_dir) if to_archive else None
     try:
-        record = phases.start(cfg, config, fp, run_dir, inputs, group, sweep, earlier, overrides)
+        record = phases.start(ctx, inputs)
     except BaseException:
         if archived:
             rec.restore(run_dir, archived)
@@ -97,15 +99,15 @@ def _begin(cfg, config, fp, run_dir: Path, group, sweep, to_archive: bool, earli
     return record, inputs, tracker
 
 
-def _follow(cfg, run_dir: Path) -> None:
+def _follow(ctx: phases.RunContext) -> None:
     """A rank other than 0: load the same inputs, train its share, wait for rank 0 at the barrier."""
     inputs, error = None, None
     try:
-        inputs = phases.setup(cfg)
+        inputs = phases.setup(ctx.cfg)
     except BaseException as e:
         error = e
     distributed.all_ok(error)
-    phases.train(cfg, inputs, run_dir, None, lambda metrics, step: None, None)
+    phases.train_share(ctx, inputs)
     distributed.barrier()
     return None
 

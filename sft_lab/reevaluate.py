@@ -55,7 +55,7 @@ def run_folders(runs_dir: Path) -> list[Path]:
 
 def config_for(record: rec.RunRecord, overrides: list[str]):
     """The run's own config with the eval/paths overrides applied, checked as a run's config is."""
-    from sft_lab.config import SFTConfig, validate
+    from sft_lab.config import SFTConfig, expand_heldout, validate
 
     bad = [o for o in overrides if not o.split("=", 1)[0].lstrip("+").startswith(ALLOWED) or "=" not in o]
     if bad:
@@ -71,6 +71,7 @@ def config_for(record: rec.RunRecord, overrides: list[str]):
     if any(o.startswith("eval.tasks=") for o in overrides) and not any(o.startswith("eval.heldout=") for o in overrides):
         cfg.eval.heldout = "own"  # the tasks named, not also every heldout_<source> of an eval.heldout=all run
     validate(cfg)
+    expand_heldout(cfg.eval)
     return cfg
 
 

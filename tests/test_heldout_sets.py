@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_lab.config import ConfigError, compose, heldout_sources, validate
+from sft_lab.config import ConfigError, compose, expand_heldout, heldout_sources, validate
 from sft_lab.data import build_mixture, heldout_split, prompt_key
 
 from conftest import DATA_DIR
@@ -13,9 +13,11 @@ from conftest import DATA_DIR
 def test_heldout_all_spells_out_one_task_per_local_set():
     cfg = compose(["eval.heldout=all", "eval.tasks=[arc_easy]"])
     validate(cfg)
+    assert list(cfg.eval.tasks) == ["arc_easy"]  # validate changes nothing; the expansion is its own step
+    expand_heldout(cfg.eval)
     assert list(cfg.eval.tasks) == ["arc_easy", "heldout_alpaca", "heldout_dolly", "heldout_code_alpaca",
                                     "heldout_lima", "heldout_alpaca_gpt4"]
-    validate(cfg)  # again: nothing doubled
+    expand_heldout(cfg.eval)  # again: nothing doubled
     assert len(cfg.eval.tasks) == 6
 
 

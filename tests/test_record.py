@@ -27,8 +27,11 @@ def test_fingerprint_is_stable_and_tracks_what_is_trained():
     for change in (["lr=1e-5"], ["data=dolly"], ["lora.r=16"], ["seed=1"], ["template=chatml"], ["eval.limit=10"]):
         assert fp(change) != base, change
     # where the run is stored or logged does not change what it is
-    for same in (["paths.runs_dir=/elsewhere"], ["tracking=none"], ["tracking.mode=online"], ["force=true"]):
+    for same in (["paths.runs_dir=/elsewhere"], ["tracking=none"], ["tracking.mode=online"], ["force=true"],
+                 ["train.fast_path=off"], ["train.fast_path_off=[fused]"], ["eval.scorer=hf"]):
         assert fp(same) == base, same
+    # every finished run of the default config keeps its folder: a change here moves them all
+    assert base == "3095575fd2838661f479c9a8e4f5aa8bb23066699c6bd2ee80e60272d9308772"
 
 
 def test_record_round_trip_is_atomic_and_versioned(tmp_path):

@@ -48,7 +48,7 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str, procs: 
     import optuna
 
     from sft_lab import record as rec
-    from sft_lab.config import compose, to_container
+    from sft_lab.config import compose, expand_heldout, to_container
 
     sign = 1 if spec.objective.direction == "minimize" else -1
     values, state, started, params = [], optuna.trial.TrialState.COMPLETE, time.perf_counter(), []
@@ -63,6 +63,7 @@ def run_trial(trial, spec: SweepSpec, extra: list[str], study_name: str, procs: 
         for i, seed in enumerate(spec.seeds):
             overrides = [*trial_overrides(spec, extra), *params, f"seed={seed}"]
             cfg = compose(overrides)
+            expand_heldout(cfg.eval)  # as pipeline.run does before the fingerprint
             run_dir = rec.run_dir_for(cfg.paths.runs_dir, rec.fingerprint(to_container(cfg)))
             trial.set_user_attr(f"run_dir_seed{seed}", str(run_dir))
             sweep_info = {"study": study_name, "trial": trial.number, "state": "running"}
