@@ -166,6 +166,7 @@ def test_export_never_overwrites_and_refuses_a_pruned_run(tmp_path):
 
 
 def test_a_metric_some_runs_lack_is_shown_and_named_never_dropped(tmp_path):
+    from sft_lab.analysis import render
     from sft_lab.analysis import table as tbl
 
     rows = []
@@ -183,10 +184,10 @@ def test_a_metric_some_runs_lack_is_shown_and_named_never_dropped(tmp_path):
                          "train.tokens_seen": 1.0, "train.wall_s": 1.0})
     t = tbl.build(pd.DataFrame(rows), ["data"])
     assert "piqa/acc" in t.columns
-    text = tbl.to_markdown(t)
+    text = render.to_markdown(t)
     assert "piqa/acc, missing from b-s0, b-s1" in text
     b = next(r for r in t.rows if r.labels == ("b",))
-    assert tbl.cell_text(b.cells["piqa/acc"]) == "–" and b.cells["arc_easy/acc"].n == 2
+    assert render.cell_text(b.cells["piqa/acc"]) == "–" and b.cells["arc_easy/acc"].n == 2
 
 
 # ---------------------------------------------------------------- the command line

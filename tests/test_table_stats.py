@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sft_lab.analysis import render
 from sft_lab.analysis import table as tbl
 
 PROTOCOL = json.dumps({"limit": 200, "n_shot": {"arc_easy": 0}})
@@ -63,11 +64,11 @@ def test_delta_and_its_interval_are_against_the_dagger_reference_in_every_format
     assert c["b"].delta == pytest.approx(b - a) and c["a"].delta is None  # Δ against the ref row, not a base
     assert c["b"].delta_half > 0 and c["b"].p < 0.05
     text = f"Δ {c['b'].delta:+.3f} ± {c['b'].delta_half:.3f}"
-    assert text in tbl.to_markdown(t) and text in tbl.to_html(t)
-    assert text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$") in tbl.to_latex(t)
-    csv = pd.read_csv(__import__("io").StringIO(tbl.to_csv(t)))
+    assert text in render.to_markdown(t) and text in render.to_html(t)
+    assert text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$") in render.to_latex(t)
+    csv = pd.read_csv(__import__("io").StringIO(render.to_csv(t)))
     assert csv["arc_easy/acc_delta_ci"].iloc[1] == pytest.approx(c["b"].delta_half)
-    assert "reference row (data=a)" in tbl.to_markdown(t) and "overlapping cell intervals are not the test" in tbl.to_markdown(t)
+    assert "reference row (data=a)" in render.to_markdown(t) and "overlapping cell intervals are not the test" in render.to_markdown(t)
 
 
 def test_power_row_states_the_comparison_it_is_for(frames):
@@ -88,7 +89,7 @@ def test_identical_seeds_are_not_tested_and_the_legend_says_why(tmp_path):
                                    baseline=True)])
     t = tbl.build(runs, ["data"], ref="base", base=base)
     cell = cells(t)["a"]
-    assert cell.p is None and cell.untested == "no variance" and tbl.cell_text(cell).endswith("°")
+    assert cell.p is None and cell.untested == "no variance" and render.cell_text(cell).endswith("°")
     assert any("seed variance is 0" in line for line in t.legend)
     assert t.power["arc_easy/acc"] == "– (no seed variance)"
     assert not math.isnan(cell.mean)

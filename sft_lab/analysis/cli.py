@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sft_lab.analysis import render
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.base import pairs, apply_filters, ensure_base
 from sft_lab.analysis.collect import collect, collect_wandb
@@ -29,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--ref", help="KEY=VALUE[,KEY=VALUE]: the reference row for † and Δ; base: each row's base model")
     p.add_argument("--seeds", default="seed", help="the key whose values are replicates (default: seed)")
     p.add_argument("--filter", action="append", default=[], help="KEY=VALUE; repeatable")
-    p.add_argument("--format", default="md", choices=sorted(tbl.RENDERERS))
+    p.add_argument("--format", default="md", choices=sorted(render.RENDERERS))
     p.add_argument("--out", help="write the table (or the plot, with --plot: .png or .svg) here instead of stdout")
     p.add_argument("--plot", choices=["heatmap", "bars", "scatter"], help=(
         "heatmap: one --rows key gives rows x eval columns, two give key1 x key2 on the Average; bars: every "
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
             return 2
         print(f"wrote {out}", file=sys.stderr)
         return 0
-    text = tbl.RENDERERS[args.format](t)
+    text = render.RENDERERS[args.format](t)
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
@@ -111,6 +112,6 @@ def _log_wandb(t: tbl.Table, path: str, group: str | None) -> None:
     entity, _, project = path.rpartition("/")
     run = wandb.init(entity=entity or None, project=project, group=group, job_type="ablation_table")
     run.log({"ablation_table": wandb.Table(columns=t.row_keys + t.columns, data=[
-        list(r.labels) + [tbl.cell_text(r.cells[c], bold=("", "")) if c in r.cells else "" for c in t.columns]
+        list(r.labels) + [render.cell_text(r.cells[c], bold=("", "")) if c in r.cells else "" for c in t.columns]
         for r in t.rows])})
     run.finish()

@@ -25,6 +25,7 @@ from typing import Optional
 import pandas as pd
 
 from sft_lab.analysis import plots, stats
+from sft_lab.analysis import render
 from sft_lab.analysis import table as tbl
 from sft_lab.analysis.base import apply_filters, ensure_base
 from sft_lab.analysis.collect import collect
@@ -155,7 +156,7 @@ def make_figures(study: Study, folder: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- the HTML report
 
-REPORT_CSS = tbl.TABLE_CSS + """
+REPORT_CSS = render.TABLE_CSS + """
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ccc; }
 .meta { color: #666; font-size: 13px; } figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #444; } dl.protocol { display: grid; grid-template-columns: max-content auto;
@@ -323,7 +324,7 @@ def render_html(study: Study, out: Path) -> str:
              "significant at p &lt; 0.05 after a Holm correction across the table; ° marks a cell that cannot be "
              "tested (one seed). The full legend is under each table.</div>"]
     for name, t in study.tables.items():
-        parts += [f"<h2>{TITLES[name]}</h2>", tbl.html_table(t)]
+        parts += [f"<h2>{TITLES[name]}</h2>", render.html_table(t)]
     samples = samples_html(study)
     if samples:
         parts += ['<h2 id="samples">Samples</h2>', samples]
@@ -378,7 +379,7 @@ def study_main(argv=None) -> int:
     try:
         study = analyse(args.runs_dir, args.rows.split(",") if args.rows else None, args.filter)
         write_report(study, out / "report.html", figures_dir=out)
-        (out / "table.md").write_text("\n".join(f"### {MD_TITLES[n]}\n\n{tbl.to_markdown(t)}"
+        (out / "table.md").write_text("\n".join(f"### {MD_TITLES[n]}\n\n{render.to_markdown(t)}"
                                                 for n, t in study.tables.items()) + f"\nCost: {cost(study)}\n")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

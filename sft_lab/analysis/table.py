@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from sft_lab.analysis import stats
+from sft_lab.analysis import legend, stats
 from sft_lab.analysis.collect import load_items
 from sft_lab.errors import UserError
 from sft_lab.tasks import is_generative, is_heldout
@@ -30,7 +30,7 @@ GENERATIVE_METRICS = {"ifeval": ["prompt_level_strict_acc", "inst_level_strict_a
                                  "inst_level_loose_acc", "stopped"], "gen": ["rougeL", "words", "stopped"]}
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
                "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended")
-ALPHA = 0.05
+ALPHA = legend.ALPHA
 
 
 class TableError(UserError):
@@ -188,9 +188,55 @@ class Items:
         return np.concatenate(parts, axis=1) + np.mean([m.mean() for m in mats])
 
 
+@dataclass
+class _Layout:
+    """What every cell of one table shares: its columns, which of them are compared, and the runs' items."""
+
+    columns: list[str]
+    acc_columns: list[str]  # the Average's columns
+    shared: dict  # column -> the item keys every run (and base run) shares, or None
+    differ: list[str]  # columns whose items differ between rows
+    average_ok: bool
+    pooled: list[str]
+    seeds: str
+    items: "Items"
+
+
+def _cell(lay: _Layout, group: pd.DataFrame, col: str) -> Cell:
+    items, dirs = lay.items, [d for d in group["run_dir"].tolist() if d]
+    if col == "Average":
+        if lay.average_ok and len(dirs) == len(group):
+            est = stats.interval(items.average(dirs, lay.acc_columns, lay.shared))
+            return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
+        per_run = group[[f"eval/{c}" for c in lay.acc_columns]].mean(axis=1, skipna=False).dropna().tolist()
+        mean, half, n = stats.t_interval(per_run)
+        return Cell(mean, half, n, "runs")
+    keys = lay.shared.get(col)
+    own = items.shared_keys(dirs, col) if keys is None else keys
+    if own and len(dirs) == len(group) and (keys is not None or col in lay.differ):
+        est = stats.interval(items.matrix(dirs, col, own))
+        return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
+    vals = group[f"eval/{col}"].dropna().tolist() if f"eval/{col}" in group else []
+    mean, half, n = stats.t_interval(vals)
+    return Cell(mean, half, n, "runs")
+
+
+def _row(lay: _Layout, labels: tuple, group: pd.DataFrame, is_base: bool = False) -> Row:
+    cells = {col: _cell(lay, group, col) for col in lay.columns + (["Average"] if lay.acc_columns else [])}
+    varying = [k for k in lay.pooled if k in group and group[k].nunique(dropna=False) > 1]
+    if not is_base and varying:
+        for c in cells.values():
+            c.pooled = "×".join([lay.seeds] + varying)
+    tokens, wall = group["train.tokens_seen"].mean(), group["train.wall_s"].mean()
+    cost = "" if is_base or pd.isna(tokens) else f"{tokens / 1e3:.1f}k tok, {wall:.0f} s"
+    return Row(labels, cells, cost, is_base, runs=group["run_dir"].tolist())
+
+
 def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: Optional[dict[str, str] | str] = None,
           base: Optional[pd.DataFrame] = None, allow_mixed: bool = False, seeds: str = "seed",
           excluded: Optional[dict] = None) -> Table:
+    """The numbers of the table: a row per level of `rows` (and a base row per model), each cell's interval, Δ
+    and test against `ref`, the best per column and the power row; the legend is made from what was found."""
     runs = df[~df["baseline"]] if "baseline" in df else df
     if runs.empty:
         raise TableError("no finished runs to tabulate")
@@ -199,73 +245,43 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
         raise TableError(f"--rows: unknown key(s) {missing}; try config keys such as data, template, lr, lora.r, seed")
     tasks = sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/")})
     columns = [c for t in tasks for c in task_columns(runs, t, metric)]
+    facts = legend.Facts(excluded=dict(excluded or {}))
     # a column some runs lack is shown where present, never compared, and named in the legend
-    partial = {c: runs.loc[runs[f"eval/{c}"].isna(), "name" if "name" in runs else "run_dir"].astype(str).tolist()
-               for c in columns if runs[f"eval/{c}"].isna().any()}
-    legend: list[str] = []
+    facts.partial = {c: runs.loc[runs[f"eval/{c}"].isna(), "name" if "name" in runs else "run_dir"].astype(str).tolist()
+                     for c in columns if runs[f"eval/{c}"].isna().any()}
     has_base = base is not None and not base.empty
-    both = pd.concat([runs, base]) if has_base else runs
-    diffs = protocol_differences(both, rows, skip_heldout=has_base)
-    if diffs:
-        if not allow_mixed:
-            raise TableError(MIXED.format("; ".join(diffs)))
-        legend.append("WARNING: mixed eval protocols (" + "; ".join(diffs) + ").")
+    diffs = protocol_differences(pd.concat([runs, base]) if has_base else runs, rows, skip_heldout=has_base)
+    if diffs and not allow_mixed:
+        raise TableError(MIXED.format("; ".join(diffs)))
+    facts.mixed = diffs
 
     items = Items()
     all_dirs = [d for d in runs["run_dir"].tolist() if d]
     base_dirs = [d for d in base["run_dir"].tolist() if d] if has_base else []
-    shared = {c: None if c in partial else items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c)
+    shared = {c: None if c in facts.partial else items.shared_keys(all_dirs + [d for d in base_dirs if items.of(d, c)], c)
               for c in columns}
-    differ = [c for c in columns if shared[c] is None and c not in partial and any(items.of(d, c) for d in all_dirs)]
-    acc_columns = [c for c in columns if higher_is_better(c) and not is_generative(c.split("/")[0]) and c not in partial]
-    average_ok = bool(acc_columns) and all(shared[c] for c in acc_columns)
-    pooled = pooled_factors(runs, rows, seeds)
-
-    def make_cell(group: pd.DataFrame, col: str) -> Cell:
-        dirs = [d for d in group["run_dir"].tolist() if d]
-        keys = shared.get(col) if col != "Average" else None
-        if col == "Average":
-            per_run = group[[f"eval/{c}" for c in acc_columns]].mean(axis=1, skipna=False).dropna().tolist()
-            if average_ok and len(dirs) == len(group):
-                est = stats.interval(items.average(dirs, acc_columns, shared))
-                return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
-            mean, half, n = stats.t_interval(per_run)
-            return Cell(mean, half, n, "runs")
-        own = items.shared_keys(dirs, col) if keys is None else keys
-        if own and len(dirs) == len(group) and (keys is not None or col in differ):
-            est = stats.interval(items.matrix(dirs, col, own))
-            return Cell(est.mean, est.half, len(dirs), "seeds+items" if est.seeds_measured else "items")
-        vals = group[f"eval/{col}"].dropna().tolist() if f"eval/{col}" in group else []
-        mean, half, n = stats.t_interval(vals)
-        return Cell(mean, half, n, "runs")
-
-    def make_row(labels, group: pd.DataFrame, is_base=False) -> Row:
-        cols = columns + (["Average"] if acc_columns else [])
-        cells = {col: make_cell(group, col) for col in cols}
-        varying = [k for k in pooled if k in group and group[k].nunique(dropna=False) > 1]
-        if not is_base and varying:
-            for c in cells.values():
-                c.pooled = "×".join([seeds] + varying)
-        tokens, wall = group["train.tokens_seen"].mean(), group["train.wall_s"].mean()
-        cost = "" if is_base or pd.isna(tokens) else f"{tokens / 1e3:.1f}k tok, {wall:.0f} s"
-        return Row(labels, cells, cost, is_base, runs=group["run_dir"].tolist())
+    differ = [c for c in columns if shared[c] is None and c not in facts.partial and any(items.of(d, c) for d in all_dirs)]
+    acc_columns = [c for c in columns if higher_is_better(c) and not is_generative(c.split("/")[0])
+                   and c not in facts.partial]
+    lay = _Layout(columns, acc_columns, shared, differ, bool(acc_columns) and all(shared[c] for c in acc_columns),
+                  pooled_factors(runs, rows, seeds), seeds, items)
 
     table_rows = []
     models = base["model"].tolist() if has_base and "model" in base else [None] * (len(base) if has_base else 0)
     for i, model in enumerate(models):  # one base row per model
         name = "base model" if len(models) == 1 else f"base model ({model})"
-        brow = make_row((name,) + ("",) * (len(rows) - 1), base.iloc[[i]], is_base=True)
+        brow = _row(lay, (name,) + ("",) * (len(rows) - 1), base.iloc[[i]], is_base=True)
         brow.model = model
         table_rows.append(brow)
     for labels, group in runs.groupby(rows, dropna=False, sort=True):
         labels = tuple(_label(x) for x in (labels if isinstance(labels, tuple) else (labels,)))
-        row = make_row(labels, group)
+        row = _row(lay, labels, group)
         row.is_ref = isinstance(ref, dict) and all(str(group[k].iloc[0]) == v for k, v in ref.items())
         row.model = group["model"].iloc[0] if "model" in group and group["model"].nunique(dropna=False) == 1 else None
         row.base = next((b for b in table_rows if b.is_base and (b.model == row.model or len(models) == 1)), None)
         table_rows.append(row)
     all_columns = columns + (["Average"] if acc_columns else [])
-    comparable = [c for c in all_columns if c not in differ and c not in partial
+    comparable = [c for c in all_columns if c not in differ and c not in facts.partial
                   and (c != "Average" or not any(x in differ for x in acc_columns))]
 
     if isinstance(ref, dict) and sum(r.is_ref for r in table_rows) != 1:
@@ -274,6 +290,24 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     if ref == "base" and not any(r.is_base for r in table_rows):
         raise TableError("--ref base: there is no base-model row (evaluate the base model: drop --no-base)")
     ref_row = next((r for r in table_rows if r.is_ref), None)
+    _deltas(table_rows, ref_row, comparable)
+    facts.ref = _where(ref) if ref_row else None
+    facts.ref_base, facts.base_rows = ref == "base", sum(r.is_base for r in table_rows)
+    generative = sorted({c.split("/")[0] for c in columns if is_generative(c.split("/")[0])})
+    if generative and base_dirs:
+        facts.same_as_base = _mark_same_as_base(table_rows, generative)
+    tested = [c for c in columns if shared[c]] + (["Average"] if lay.average_ok else [])
+    facts.family, n_tests, facts.untested = _compare(table_rows, tested, ref, items, shared, acc_columns)
+    facts.tests = n_tests if ref else None
+    _mark_best(table_rows, comparable)
+    power = _power(table_rows, tested, ref, facts.family, items, shared, acc_columns)
+    facts.averaged, facts.differ, facts.power = bool(acc_columns), differ, bool(power)
+    facts.generative, facts.pooled = bool(generative), lay.pooled
+    return Table(list(rows), all_columns, table_rows, legend.lines(facts), power)
+
+
+def _deltas(table_rows: list[Row], ref_row: Optional[Row], comparable: list[str]) -> None:
+    """Each trained row's Δ against the reference row, or else its model's base row."""
     for row in table_rows:
         other = ref_row if ref_row else row.base
         if row.is_base or other is None or other is row:
@@ -282,64 +316,19 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
             b = other.cells.get(col)
             if b and not math.isnan(b.mean) and col in comparable:
                 cell.delta = cell.mean - b.mean
-    if ref_row:
-        legend.append(f"Δ: difference from the reference row ({_where(ref)}) ± its 95% CI, from the same test as †.")
-    elif any(r.is_base for r in table_rows):
-        legend.append("Δ: difference from the base model" + (" of the row's model" if len(models) > 1 else "")
-                      + ", evaluated with the same protocol, ± its 95% CI (seeds and items random; the item variance "
-                      "the two rows share cancels).")
-    generative = sorted({c.split("/")[0] for c in columns if is_generative(c.split("/")[0])})
-    if generative and base_dirs:
-        _mark_same_as_base(table_rows, generative, legend)
-    tested = [c for c in columns if shared[c]] + (["Average"] if average_ok else [])
-    family = _compare(table_rows, tested, ref, items, shared, acc_columns, legend)
+
+
+def _mark_best(table_rows: list[Row], comparable: list[str]) -> None:
     for col in [c for c in comparable if c.split("/")[-1] not in NO_BEST]:
         cand = [r.cells[col] for r in table_rows if not r.is_base and col in r.cells and not math.isnan(r.cells[col].mean)]
         if cand:
             best = (max if higher_is_better(col) else min)(c.mean for c in cand)
             for c in cand:
                 c.best = c.mean == best
-    power = _power(table_rows, tested, ref, family, items, shared, acc_columns)
-    legend.insert(0, "Cells: mean ± 95% CI over seeds and eval items (two variance components, t with Welch–"
-                     "Satterthwaite df), n = runs. 'items only': one run, so seed variance was not measured and the "
-                     "interval covers the eval items alone. 'runs only': no per-item results, t-interval over runs. "
-                     "A cell's interval includes the item variance, which cancels when two rows are compared on the "
-                     "same items: overlapping cell intervals are not the test; Δ ± its CI is. "
-                     "Best per column in bold." + (" Average: mean of the accuracy columns, every task weighted "
-                                                   "the same." if acc_columns else ""))
-    if partial:
-        legend.append("Not in every run (shown where present as a mean over the runs that have it, never compared; "
-                      "'–' where a row has none): " + "; ".join(
-                          f"{c}, missing from {', '.join(names[:4])}" + (f" and {len(names) - 4} more" if len(names) > 4
-                                                                           else "") for c, names in partial.items()))
-    if differ:
-        legend.append("Not compared (no bold, Δ or test): " + ", ".join(differ) + ": its items differ between rows "
-                      "(e.g. each run's own held-out split), so the rows are scored on different test sets.")
-    if power:
-        legend.append(POWER_LEGEND.format(
-            against="the reference row" if ref_row else "the base model" if ref == "base" else "another row of as many seeds",
-            holm=f"at Holm's first step over the table's {family} tests (α/{family}; it assumes that difference is the "
-                 "only real one in the table)" if family > 1 else "at α=0.05"))
-    if generative:
-        legend.append(GENERATIVE_LEGEND)
-    if pooled:
-        legend.append("Rows pool over: " + ", ".join(pooled[:6]) + ("…" if len(pooled) > 6 else "")
-                      + "; those cells' n counts runs over the factors named in the cell (e.g. n=4: seed×lr).")
-    if excluded:
-        legend.append("Excluded: " + ", ".join(f"{n} {s}" for s, n in sorted(excluded.items())) + " run(s).")
-    return Table(list(rows), all_columns, table_rows, legend, power)
 
 
-GENERATIVE_LEGEND = (
-    "Generative columns: greedy answers, prompted by each run's template and stopped at its end of turn or EOS, up "
-    "to eval.max_gen_toks. ifeval: prompt_level_* is 1 when a prompt's every instruction is followed; inst_level_* "
-    "counts every instruction of every prompt (as lm-eval reports it), so it is a ratio (instructions followed / "
-    "instructions given), tested over prompts with per-prompt pseudo-values: each prompt is one item, weighted by "
-    "its number of instructions. gen*: rougeL is ROUGE-L F against the reference answer, words the answer's length "
-    "(no best), stopped the share of answers that ended before the token limit.")
-
-
-def _mark_same_as_base(table_rows: list[Row], tasks: list[str], legend: list[str]) -> None:
+def _mark_same_as_base(table_rows: list[Row], tasks: list[str]) -> bool:
+    """Names, per row, the generative tasks on which every answer equals the base model's; whether any did."""
     from sft_lab.checks import same_as_base
 
     for row in table_rows:
@@ -347,9 +336,7 @@ def _mark_same_as_base(table_rows: list[Row], tasks: list[str], legend: list[str
         if row.is_base or not base_dir:
             continue
         row.same_as_base = [t for t in tasks if row.runs and all(same_as_base(d, base_dir, t) for d in row.runs if d)]
-    if any(r.same_as_base for r in table_rows):
-        legend.append("‡: every greedy answer of this row's runs equals the base model's on the task(s) named: the "
-                      "adapter may not have been applied, or training changed nothing.")
+    return any(r.same_as_base for r in table_rows)
 
 
 def _label(x):
@@ -372,11 +359,11 @@ def _where(ref: dict[str, str]) -> str:
 
 
 def _compare(table_rows: list[Row], columns: list[str], ref: Optional[dict[str, str] | str], items: Items,
-             shared: dict, acc_columns: list[str], legend: list[str]) -> int:
+             shared: dict, acc_columns: list[str]) -> tuple[int, int, dict[str, int]]:
     """Each trained row against the † reference: the ref row, or (ref "base" or none) its model's base row, whose
     one run is exact (nothing trained, scoring deterministic). The seed variance is pooled over every trained
     row of the column. Sets each cell's Δ interval and, when a ref is given, its Holm-adjusted p; returns the
-    number of tests (the Holm family)."""
+    Holm family size (at least 1), the tests made, and the cells not tested by why."""
     ref_row = next((r for r in table_rows if r.is_ref), None)
     trained = [r for r in table_rows if not r.is_base]
     tests, untested = [], {"one run": 0, "no variance": 0, "models": 0}
@@ -406,25 +393,8 @@ def _compare(table_rows: list[Row], columns: list[str], ref: Optional[dict[str, 
     for (row, col, _), adj in zip(tests, stats.holm([p for *_, p in tests])):
         row.cells[col].p = adj
     if not ref:
-        return 1
-    model = ("each row's model" if sum(r.is_base for r in table_rows) > 1 else "the base model")
-    against = f"the reference row ({_where(ref)})" if ref_row else model
-    legend.append(
-        f"†: differs from {against} at p < {ALPHA} after a Holm correction across the {len(tests)} tests in this table. "
-        "Each test treats seeds and eval items as random: a t on the difference of means whose variance is the "
-        "rows' seed variance (pooled over every trained row of the column, df = Σ(runs − 1)) plus the row-by-item "
-        "interaction (a difference of mean squares), with Satterthwaite df taken at the seed term's upper 80% "
-        "confidence limit" + ("; the base model has no seeds." if not ref_row else "."))
-    if untested["one run"]:
-        legend.append(f"°: not tested ({untested['one run']} cell(s)): this row or the reference has one run, so seed "
-                      "variance was not measured and no difference can be claimed. Run more seeds (seed=0,1,2).")
-    if untested["no variance"]:
-        legend.append(f"°: not tested ({untested['no variance']} cell(s)): every seed of every row scored the same, so "
-                      "the seed variance is 0 and there is nothing to test a difference against.")
-    if untested["models"]:
-        legend.append(f"°: not tested ({untested['models']} cell(s)): the row's runs span several base models, so it "
-                      "has no one base row to be compared with.")
-    return max(len(tests), 1)
+        return 1, 0, {}
+    return max(len(tests), 1), len(tests), untested
 
 
 def _power(table_rows: list[Row], columns: list[str], ref, family: int, items: Items, shared: dict,
@@ -464,138 +434,3 @@ def _power(table_rows: list[Row], columns: list[str], ref, family: int, items: I
     return out
 
 
-POWER_LEGEND = ("min. detectable Δ: the smallest true difference from {against} that this table's † test finds with "
-                "80% power, {holm}, for a row of the fewest seeds here and the items shown, with the table's own "
-                "variance estimates (pooled seed variance and its df, the row-by-item interaction). Checked against "
-                "simulated tests in benchmarks/stats/significance_simulation.py.")
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def _fmt(v: float) -> str:
-    return "–" if v is None or math.isnan(v) else f"{v:.3f}"
-
-
-def cell_text(c: Cell, bold=("**", "**"), dagger="†", untested="°") -> str:
-    if c.n == 0:
-        return "–"
-    text = _fmt(c.mean) + (f" ± {c.half:.3f}" if c.half is not None else "")
-    text = f"{bold[0]}{text}{bold[1]}" if c.best else text
-    basis = {"items": ", items only", "runs": ", runs only"}.get(c.basis, "")
-    text += f" (n={c.n}{': ' + c.pooled if c.pooled else ''}{basis}"
-    if c.delta is not None:
-        text += f", Δ {c.delta:+.3f}" + (f" ± {c.delta_half:.3f}" if c.delta_half is not None else "")
-    text += ")"
-    if c.p is not None and c.p < ALPHA:
-        text += dagger
-    elif c.untested:
-        text += untested
-    return text
-
-
-POWER_LABEL = "min. detectable Δ"
-
-
-def _body(t: Table, bold=("**", "**"), dagger="†") -> list[list[str]]:
-    """Label cells + value cells + cost, per row, then the power row."""
-    out = []
-    for r in t.rows:
-        label = [(f"*{x}*" if x != "" else "") if r.is_base else str(x) + (" (ref)" if r.is_ref and i == 0 else "")
-                 + (f" ‡ ({', '.join(r.same_as_base)})" if r.same_as_base and i == 0 else "")
-                 for i, x in enumerate(r.labels)]
-        out.append(label + [cell_text(r.cells[c], bold, dagger) if c in r.cells else "–" for c in t.columns]
-                   + [r.cost])
-    if t.power:
-        out.append([POWER_LABEL] + [""] * (len(t.row_keys) - 1) + [t.power.get(c, "–") for c in t.columns] + [""])
-    return out
-
-
-def to_markdown(t: Table) -> str:
-    header = t.row_keys + t.columns + ["cost"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in _body(t)]
-    return "\n".join(lines + [""] + [f"- {line}" for line in t.legend]) + "\n"
-
-
-def to_csv(t: Table) -> str:
-    import csv
-    import io
-
-    out = io.StringIO()
-    w = csv.writer(out)
-    w.writerow(t.row_keys + [f"{c}{s}" for c in t.columns
-                             for s in ("", "_ci", "_n", "_ci_basis", "_delta", "_delta_ci", "_p_holm", "_untested")]
-               + ["cost"])
-    for r in t.rows:
-        vals = []
-        for c in t.columns:
-            cell = r.cells.get(c, Cell())
-            vals += [cell.mean, cell.half, cell.n, cell.basis, cell.delta, cell.delta_half, cell.p, cell.untested]
-        w.writerow(list(r.labels) + vals + [r.cost])
-    return out.getvalue()
-
-
-def to_latex(t: Table) -> str:
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{" + "l" * len(t.row_keys) + "r" * len(t.columns) + "r}", r"\toprule",
-             " & ".join(esc(x) for x in t.row_keys + t.columns + ["cost"]) + r" \\", r"\midrule"]
-    for r, row in zip(t.rows + [None], _body(t, bold=(r"\textbf{", "}"), dagger=r"$^\dagger$")):
-        n = len(t.row_keys)
-        cells = [esc(x.replace("*", "")) for x in row[:n]] + [
-            x.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--").replace("°", r"$^\circ$")
-            .replace("×", r"$\times$") for x in row[n:-1]] + [esc(row[-1])]
-        if r is None:
-            lines.append(r"\midrule")
-        lines.append(" & ".join(cells) + r" \\")
-        if r is not None and r.is_base:
-            lines.append(r"\midrule")
-    caption = " ".join(esc(x).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("†", r"$^\dagger$")
-                       .replace("°", r"$^\circ$").replace("α", r"$\alpha$").replace("×", r"$\times$")
-                       .replace("–", "--") for x in t.legend)
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}", r"\label{tab:ablation}",
-              r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-TABLE_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
-       padding: 0 1em; color: #222; }
-table.ablation { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; margin: 1em 0; }
-table.ablation th, table.ablation td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
-table.ablation th { border-bottom: 2px solid #333; background: #f6f6f6; position: sticky; top: 0; }
-table.ablation td.label, table.ablation th.label { text-align: left; }
-table.ablation tr.base td { font-style: italic; background: #fafafa; }
-table.ablation tr.power td { border-top: 2px solid #333; color: #555; font-size: 12px; }
-table.ablation tr:hover td { background: #eef4fb; }
-ul.legend { font-size: 12px; color: #444; max-width: 1100px; }
-"""
-
-
-def html_table(t: Table) -> str:
-    """The table as an HTML fragment (class "ablation") with its legend; style it with TABLE_CSS."""
-    import html
-
-    n = len(t.row_keys)
-    head = "".join(f'<th class="label">{html.escape(str(x))}</th>' for x in t.row_keys)
-    head += "".join(f"<th>{html.escape(str(x))}</th>" for x in t.columns + ["cost"])
-    body = []
-    kinds = ["base" if r.is_base else "ref" if r.is_ref else "" for r in t.rows] + (["power"] if t.power else [])
-    for kind, row in zip(kinds, _body(t, bold=("\x00", "\x01"))):
-        esc = [html.escape(x.replace("*", "") if i < n else x).replace("\x00", "<b>").replace("\x01", "</b>")
-               for i, x in enumerate(row)]
-        cells = "".join(f'<td class="label">{c}</td>' if i < n else f"<td>{c}</td>" for i, c in enumerate(esc))
-        body.append(f'<tr class="{kind}">{cells}</tr>' if kind else f"<tr>{cells}</tr>")
-    legend = "".join(f"<li>{html.escape(line)}</li>" for line in t.legend)
-    return (f'<table class="ablation">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
-            + f'\n</tbody>\n</table>\n<ul class="legend">{legend}</ul>\n')
-
-
-def to_html(t: Table) -> str:
-    """A self-contained, styled HTML page holding the table and its legend."""
-    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Ablation table</title>\n'
-            f"<style>{TABLE_CSS}</style>\n</head>\n<body>\n{html_table(t)}</body>\n</html>\n")
-
-
-RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}
