@@ -82,7 +82,7 @@ class Preflight(Callback):
         from hydra import compose
 
         from sft_lab.config import check_overrides, validate
-        from sft_lab.errors import UserError
+        from sft_lab.errors import UserError, explain
 
         try:
             writable_places(config)
@@ -99,7 +99,7 @@ class Preflight(Callback):
             except UserError as e:
                 bad.append(f"  {' '.join(overrides)}: {e}")
             except Exception as e:  # noqa: BLE001 - Hydra's own errors (an unknown group option, a bad value)
-                bad.append(f"  {' '.join(overrides)}: {type(e).__name__}: {e}")
+                bad.append(f"  {' '.join(overrides)}: {explain(e)}")
         if bad:
             _stop(f"{len(bad)} of the grid's configurations are invalid; nothing was run:\n" + "\n".join(bad))
 

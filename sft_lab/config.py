@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -21,10 +22,20 @@ from sft_lab.errors import ConfigError  # noqa: F401  (re-exported: sft_lab.conf
 from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, builtin_task_names, shipped_task_names, user_task_names
 
 
-# The string choices validate() accepts.
+# The string choices: Hydra refuses any other value when it composes the config, naming the key and the choices.
+# Each member's name is its value, so a choice reads, compares and serialises as the plain string.
+Init = StrEnum("Init", ["pretrained", "random"])
+DType = StrEnum("DType", ["auto", "float32", "bfloat16", "float16"])
+Attention = StrEnum("Attention", ["sdpa", "eager", "flash_attention_2"])
+Schedule = StrEnum("Schedule", ["linear", "cosine", "constant", "constant_with_warmup"])
+Optimizer = StrEnum("Optimizer", ["adamw_torch", "adamw_8bit", "sgd", "adafactor"])
+FastPathMode = StrEnum("FastPathMode", ["auto", "off"])
+Heldout = StrEnum("Heldout", ["own", "all"])
+Scorer = StrEnum("Scorer", ["sft_lab", "hf"])
+Backend = StrEnum("Backend", ["wandb", "none"])
+Mode = StrEnum("Mode", ["offline", "online"])
+# Data formats stay strings: a source's format sits in an untyped mapping (data.sources), checked by validate.
 FORMATS = ("auto", "alpaca", "dolly", "sharegpt", "messages")
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "sgd", "adafactor")
 
 
 @dataclass
@@ -35,11 +46,11 @@ class ModelConfig:
     # Where the tokenizer comes from when it differs from the weights (the tiny model).
     tokenizer: Optional[str] = None
     # random: build an untrained Llama from `arch` (plumbing tests only).
-    init: str = "pretrained"
+    init: Init = Init.pretrained
     arch: Dict[str, int] = field(default_factory=dict)
-    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
+    dtype: DType = DType.auto  # auto: bf16 on a GPU that supports it, fp32 on CPU
     trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (needs flash-attn)
+    attn_implementation: Attention = Attention.sdpa  # flash_attention_2 needs flash-attn
     load_in_4bit: bool = False  # QLoRA: the base weights in 4-bit NF4 (CUDA + bitsandbytes)
 
 
@@ -114,7 +125,7 @@ class TrainConfig:
     # bounded; the whole batch on a GPU.
     micro_batch_size: Optional[int] = None
     max_length: int = 256
-    schedule: str = "cosine"
+    schedule: Schedule = Schedule.cosine
     warmup_steps: float = 0.1  # an int is steps, a float in [0, 1) a share of max_steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -127,10 +138,10 @@ class TrainConfig:
     packing: bool = False  # several examples per row, each attending only to itself (position ids restart)
     train_on_prompt: bool = False  # loss on the prompt tokens too (default: answers only)
     neftune_alpha: Optional[float] = None  # NEFTune: noise on the input embeddings while training
-    optimizer: str = "adamw_torch"  # adamw_torch | adamw_8bit (bitsandbytes) | sgd | adafactor
+    optimizer: Optimizer = Optimizer.adamw_torch  # adamw_8bit needs bitsandbytes
     # The CPU fast path (sft_lab/cpu): auto uses each part where it applies, off none. Same loss and gradients
     # within float rounding either way, so neither key is part of the run's fingerprint.
-    fast_path: str = "auto"  # auto | off
+    fast_path: FastPathMode = FastPathMode.auto
     fast_path_off: List[str] = field(default_factory=list)  # parts left out: label_positions, passes, unpadded, fused
 
 
@@ -146,7 +157,7 @@ class EvalConfig:
     log_samples: bool = True  # per-item results, kept in the run folder
     # own: the `heldout` task scores the run's own mixture's split. all: also heldout_<source> for every
     # local instruction set (conf/data/all_local.yaml), the same items for every run: a transfer matrix.
-    heldout: str = "own"
+    heldout: Heldout = Heldout.own
     heldout_max_tokens: Optional[int] = None  # heldout_<source> items up to this many tokens (null: the model's window)
     # Generative tasks (ifeval, gen, gen_<source>): greedy answers of at most this many tokens, prompted by
     # the run's template and stopped at its end of turn or EOS.
@@ -156,13 +167,13 @@ class EvalConfig:
     gen_batch_size: int = 32
     # Who scores the log-likelihood tasks: sft_lab (sft_lab/scoring.py, the default) or lm-eval's own hf model,
     # which gives the same scores (tests/test_scoring.py) more slowly; not part of the fingerprint.
-    scorer: str = "sft_lab"
+    scorer: Scorer = Scorer.sft_lab
 
 
 @dataclass
 class TrackingConfig:
-    backend: str = "wandb"  # wandb | none
-    mode: str = "offline"  # offline | online
+    backend: Backend = Backend.wandb
+    mode: Mode = Mode.offline
     project: str = "sft-lab"
     entity: Optional[str] = None
     group: Optional[str] = None  # null: one group per multirun
@@ -275,8 +286,6 @@ def validate(cfg: DictConfig) -> None:
                           f"got train.micro_batch_size={t.micro_batch_size} (null: chosen for the device)")
     if t.neftune_alpha is not None and t.neftune_alpha <= 0:
         raise ConfigError(f"train.neftune_alpha must be > 0 or null, got {t.neftune_alpha}")
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer={t.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     if t.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("train.optimizer=adamw_8bit needs the bitsandbytes package: pip install bitsandbytes")
     if (cfg.lora.use_dora or cfg.lora.use_rslora) and cfg.lora.r == 0:
@@ -284,28 +293,13 @@ def validate(cfg: DictConfig) -> None:
     for key in ("eval_steps", "eval_examples"):
         if t[key] < 0:
             raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
-    if t.fast_path not in ("auto", "off"):
-        raise ConfigError(f"train.fast_path must be auto or off, got {t.fast_path!r}")
     from sft_lab.cpu import PARTS
 
     for part in t.fast_path_off:
         if part not in PARTS:
             raise ConfigError(f"train.fast_path_off: {part!r} is not one of {', '.join(PARTS)}")
-    if t.schedule not in ("linear", "cosine", "constant", "constant_with_warmup"):
-        raise ConfigError(f"train.schedule={t.schedule!r} is not one of linear, cosine, constant, constant_with_warmup")
-    if cfg.model.init not in ("pretrained", "random"):
-        raise ConfigError(f"model.init must be 'pretrained' or 'random', got {cfg.model.init!r}")
-    if cfg.model.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got {cfg.model.dtype!r}")
-    if cfg.model.attn_implementation not in ATTENTION:
-        raise ConfigError(f"model.attn_implementation must be one of {', '.join(ATTENTION)}, "
-                          f"got {cfg.model.attn_implementation!r}")
     _check_sharding(cfg)
     _check_installed(cfg.model)
-    if cfg.tracking.backend not in ("wandb", "none"):
-        raise ConfigError(f"tracking.backend must be 'wandb' or 'none', got {cfg.tracking.backend!r}")
-    if cfg.tracking.mode not in ("offline", "online"):
-        raise ConfigError(f"tracking.mode must be 'offline' or 'online', got {cfg.tracking.mode!r}")
     _validate_data(cfg.data)
     _validate_eval(cfg.eval)
 
@@ -416,8 +410,6 @@ def heldout_sources() -> Dict[str, Any]:
 def expanded_tasks(ev: EvalConfig) -> list[str]:
     """eval.tasks as the run evaluates them: with eval.heldout=all, heldout_<source> for every local
     instruction set is appended."""
-    if ev.heldout not in ("own", "all"):
-        raise ConfigError(f"eval.heldout must be 'own' or 'all', got {ev.heldout!r}")
     extra = [f"{HELDOUT_PREFIX}{s}" for s in heldout_sources()] if ev.heldout == "all" else []
     return list(ev.tasks) + [t for t in extra if t not in ev.tasks]
 
@@ -432,8 +424,6 @@ def expand_heldout(ev: EvalConfig) -> None:
 
 def _validate_eval(ev: EvalConfig) -> None:
     tasks = expanded_tasks(ev)
-    if ev.scorer not in ("sft_lab", "hf"):
-        raise ConfigError(f"eval.scorer must be sft_lab or hf, got {ev.scorer!r}")
     if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
         raise ConfigError(f"eval.heldout_max_tokens must be > 0 or null, got {ev.heldout_max_tokens}")
     if ev.gen_batch_size <= 0:
@@ -466,7 +456,8 @@ def default_cache_dir() -> str:
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    """The resolved config as plain data (choices as their strings), as the record and the fingerprint keep it."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
 
 
 if not OmegaConf.has_resolver("sft_cache_dir"):

@@ -103,7 +103,6 @@ def test_defaults_live_only_in_the_schemas():
 @pytest.mark.parametrize("override, says", [
     ("model.load_in_4bit=true", "needs a CUDA GPU"),
     ("model.attn_implementation=flash_attention_2", "needs the flash-attn package"),
-    ("model.attn_implementation=fast", "model.attn_implementation must be one of sdpa, eager, flash_attention_2"),
 ])
 def test_memory_options_this_machine_cannot_honour_are_named(override, says):
     import torch
@@ -208,3 +207,21 @@ def test_the_fsdp_config_is_fsdp2_with_full_weights_for_rank_0():
     assert config.distributed_type == "FSDP"
     assert config.fsdp_config["fsdp_version"] == 2  # FSDP1 cannot mix LoRA's trainable and frozen weights
     assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+@pytest.mark.parametrize("override, key, choices", [
+    ("model.attn_implementation=fast", "model.attn_implementation", "sdpa, eager, flash_attention_2"),
+    ("train.optimizer=lion", "train.optimizer", "adamw_torch, adamw_8bit, sgd, adafactor"),
+    ("train.schedule=cosin", "train.schedule", "linear, cosine, constant, constant_with_warmup"),
+    ("model.dtype=fp8", "model.dtype", "auto, float32, bfloat16, float16"),
+    ("eval.heldout=every", "eval.heldout", "own, all"),
+    ("train.fast_path=fast", "train.fast_path", "auto, off"),
+    ("tracking.mode=live", "tracking.mode", "offline, online"),
+])
+def test_a_choice_outside_its_list_is_refused_when_the_config_composes(override, key, choices):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        compose([override])
+    said = str(e.value) + str(e.value.__cause__)
+    assert f"full_key: {key}" in said and f"expected one of [{choices}]" in said, said

@@ -16,7 +16,6 @@ from sft_lab.tokens import Collator, pack, train_on_prompt
     (["train.epochs=2"], "set exactly one of train.max_steps and train.epochs"),
     (["train.max_steps=null"], "set exactly one of train.max_steps and train.epochs"),
     (["train.epochs=0", "train.max_steps=null"], "train.epochs must be > 0"),
-    (["train.optimizer=lion"], "train.optimizer='lion' is not one of adamw_torch, adamw_8bit, sgd, adafactor"),
     (["train.neftune_alpha=-1"], "train.neftune_alpha must be > 0"),
     (["lora=full", "lora.use_dora=true"], "need a LoRA adapter"),
 ])

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 
-from sft_lab.errors import UserError
+from sft_lab.errors import UserError, explain
 
 log = logging.getLogger("sft_lab.sweep")
 
@@ -169,7 +169,7 @@ def check(spec: SweepSpec, extra: list[str]) -> str:
                 cfg = compose([*trial_overrides(spec, extra), f"{key}={v}"])
                 validate(cfg)
             except Exception as e:
-                raise SweepError(f"space.{key}={v!r} does not make a valid config: {str(e).splitlines()[0]}") from None
+                raise SweepError(f"space.{key}={v!r} does not make a valid config: {explain(e)}") from None
     cfg = compose(trial_overrides(spec, extra))
     expand_heldout(cfg.eval)
     for name in spec.objective.metrics:
