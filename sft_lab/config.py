@@ -120,9 +120,8 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     # Rows per forward pass: a batch runs as batch_size/micro_batch_size passes whose gradients add up, the
-    # same update with less memory. null: on CPU, passes of at most 512 tokens (rows of similar length
-    # together, each pass cut to its own longest row), which train at full speed with a pass's activations
-    # bounded; the whole batch on a GPU.
+    # same update with less memory. null: on CPU, passes of about 512 tokens, their rows laid end to end where
+    # the model allows (sft_lab/cpu/passes.py); the whole batch on a GPU.
     micro_batch_size: Optional[int] = None
     max_length: int = 256
     schedule: Schedule = Schedule.cosine
