@@ -71,8 +71,9 @@ def test_killing_rank_1_mid_training_then_relaunching_resumes_from_the_checkpoin
     os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
     assert proc.wait(timeout=120) != 0  # torchrun stops rank 0 and fails
     [killed] = records(runs)
-    # Rank 0 sees its peer vanish (failed), or torchrun stops it first (still running): no results either way.
-    assert killed["status"] in ("failed", "running") and killed.get("train") is None
+    # Rank 0 sees its peer vanish (failed), or torchrun stops it first with SIGTERM (interrupted, or still running
+    # if it had no time to write): no results either way.
+    assert killed["status"] in ("failed", "interrupted", "running") and killed.get("train") is None
 
     out = torchrun(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

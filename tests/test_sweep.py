@@ -103,13 +103,12 @@ def test_three_workers_share_one_study_exactly(backend, tmp_path, request):
     if backend == "postgresql":
         storage = request.getfixturevalue("postgres_url")
     name = f"lr_{backend}_{os.getpid()}"
-    out = run_cli([str(sweep_file(tmp_path, n_trials=6)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}", "--workers", "3",
+    out = run_cli([str(sweep_file(tmp_path, n_trials=4)), *SWEEP_OVERRIDES, f"paths.runs_dir={runs}", "--workers", "3",
                    "--storage", storage, "--study-name", name], cwd=tmp_path, module="sft_lab.sweep")
     assert out.returncode == 0, out.stderr[-3000:]
     trials = study_trials(storage.replace("postgresql://", "postgresql+psycopg2://"), name)
-    assert_exact(trials, 6, runs)
-    pids = {json.loads((Path(t.user_attrs["run_dir_seed0"]) / "record.json").read_text())["env"]["pid"] for t in trials
-            if t.state.name == "COMPLETE"}
+    assert_exact(trials, 4, runs)
+    pids = {json.loads((Path(t.user_attrs["run_dir_seed0"]) / "record.json").read_text())["env"]["pid"] for t in trials}
     assert len(pids) >= 2  # the work really was shared between processes
 
 

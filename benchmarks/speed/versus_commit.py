@@ -3,6 +3,8 @@
     python -m benchmarks.speed.versus_commit REV [--rounds 2] -- OVERRIDES...
     python -m benchmarks.speed.versus_commit 6aa6446~1 -- model=tiny tracking=none data.examples=64 \\
         train.max_steps=4 'eval.tasks=[arc_easy,piqa]' eval.limit=200
+    python -m benchmarks.speed.versus_commit 383033a --rounds 1 -- -m data=alpaca,dolly lr=1e-4,2e-4 \\
+        train.max_steps=30 'eval.tasks=[arc_easy,piqa]' eval.limit=100 tracking=none     # the study's grid
 
 REV is checked out into a temporary git worktree, which uses this environment's packages. The two sides
 alternate between rounds; each run gets a fresh runs folder. Reports the wall time and peak RSS (the
@@ -25,10 +27,12 @@ from benchmarks.common import timed  # noqa: E402
 
 
 def run_once(tree: Path, overrides: list[str], runs: Path) -> tuple[float, int, dict]:
+    """One command (a run, or a grid with -m); the eval values of each run, by run name."""
     wall, peak = timed([sys.executable, "-m", "sft_lab.run", *overrides, f"paths.runs_dir={runs}"], tree, tree)
-    [record] = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
-    values = {f"{t}/{m}": round(v["value"], 4) for t, ms in record["eval"].items() for m, v in ms.items()}
-    return wall, peak, values
+    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*/record.json"))]
+    values = {r["name"]: {f"{t}/{m}": round(v["value"], 4) for t, ms in r["eval"].items() for m, v in ms.items()}
+              for r in records}
+    return wall, peak, next(iter(values.values())) if len(values) == 1 else values
 
 
 def main() -> None:
