@@ -68,12 +68,12 @@ def test_a_folded_adapter_scores_as_lm_eval_hf_scores_base_plus_adapter(tmp_path
 
 @pytest.mark.slow
 def test_continuation_scoring_matches_lm_eval_hf_on_smollm2(tmp_path):
-    check_against_hf("smollm2_135m", tmp_path, limit=20)
+    check_against_hf("smollm2_135m", tmp_path, limit=10)
 
 
 @pytest.mark.slow
 def test_a_folded_adapter_on_smollm2_scores_as_lm_eval_hf_base_plus_adapter(tmp_path):
-    check_against_hf("smollm2_135m", tmp_path, limit=20, adapter=True)
+    check_against_hf("smollm2_135m", tmp_path, limit=10, adapter=True)
 
 
 def test_a_shared_context_is_one_row_and_each_choice_keeps_its_own_positions():
