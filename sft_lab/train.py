@@ -103,12 +103,11 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     param = next(model.parameters())
     micro = micro_batch_size(train_cfg, param.device.type, distributed.world_size())
     args = arguments(train_cfg, lr, seed, ckpt_dir, micro or train_cfg.batch_size, param.dtype, bool(data.heldout))
-    history: list[dict] = []
     counts = Counts()
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=periodic_heldout(data.heldout, train_cfg),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[callback(log_metrics, on_eval, history, counts)], counts=counts, fast_path=cpu.FastPath(),
+        callbacks=[callback(log_metrics, on_eval, counts)], counts=counts, fast_path=cpu.FastPath(),
     )
     fast = cpu.resolve(train_cfg.get("fast_path", "auto"), list(train_cfg.get("fast_path_off") or []),
                        args.device.type, distributed.world_size(), trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled,

@@ -182,7 +182,7 @@ def quiet_progress(trainer) -> None:
         trainer.add_callback(Progress())
 
 
-def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]], history: list,
+def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]],
              counts: Counts):
     class Callback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -190,7 +190,6 @@ def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callabl
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
-            history.append({"step": state.global_step, **logs})
             if "loss" in logs and not math.isfinite(logs["loss"]):
                 raise NonFiniteLoss(f"training loss is {logs['loss']} at step {state.global_step}")
             log_metrics({f"train/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}, state.global_step)

@@ -128,12 +128,13 @@ def html_table(t: Table) -> str:
     head = "".join(f'<th class="label">{html.escape(str(x))}</th>' for x in t.row_keys)
     head += "".join(f"<th>{html.escape(str(x))}</th>" for x in t.columns + ["cost"])
     body = []
-    for r, labels in zip(t.rows, _body(t)):
+    rows = _body(t)
+    for r, labels in zip(t.rows, rows):
         values = [html.escape(x.replace("*", "")) for x in labels[:n]] + [cell(r.cells.get(c)) for c in t.columns]
         values.append(html.escape(r.cost))
         body.append(_html_row("base" if r.is_base else "ref" if r.is_ref else "", values, n))
     if t.power:
-        body.append(_html_row("power", [html.escape(x) for x in _body(t)[-1]], n))
+        body.append(_html_row("power", [html.escape(x) for x in rows[-1]], n))
     legend = "".join(f"<li>{html.escape(line)}</li>" for line in t.legend)
     return (f'<table class="ablation">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body)
             + f'\n</tbody>\n</table>\n<ul class="legend">{legend}</ul>\n')
