@@ -31,6 +31,7 @@ Schedule = StrEnum("Schedule", ["linear", "cosine", "constant", "constant_with_w
 Optimizer = StrEnum("Optimizer", ["adamw_torch", "adamw_8bit", "sgd", "adafactor"])
 FastPathMode = StrEnum("FastPathMode", ["auto", "off"])
 Heldout = StrEnum("Heldout", ["own", "all"])
+Split = StrEnum("Split", ["all", "dev", "test"])
 Scorer = StrEnum("Scorer", ["sft_lab", "hf"])
 Backend = StrEnum("Backend", ["wandb", "none"])
 Mode = StrEnum("Mode", ["offline", "online"])
@@ -115,8 +116,11 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # Sized for 2 CPU cores: SmolLM2-135M LoRA in about 2 minutes (about 2.5 s a step).
-    max_steps: Optional[int] = 50  # the run's length: exactly one of max_steps and epochs is set
+    max_steps: Optional[int] = 50  # the run's length: exactly one of max_steps, epochs and max_tokens is set
     epochs: Optional[float] = None  # passes over the training mixture (set max_steps=null with it)
+    # A budget of answer tokens (the tokens the loss sees): training stops at the step that reaches it, over as
+    # many epochs as it takes; the schedule runs over the steps that budget is expected to take.
+    max_tokens: Optional[int] = None
     batch_size: int = 4
     grad_accum: int = 1
     # Rows per forward pass: a batch runs as batch_size/micro_batch_size passes whose gradients add up, the
@@ -167,6 +171,10 @@ class EvalConfig:
     # Who scores the log-likelihood tasks: sft_lab (sft_lab/scoring.py, the default) or lm-eval's own hf model,
     # which gives the same scores (tests/test_scoring.py) more slowly; not part of the fingerprint.
     scorer: Scorer = Scorer.sft_lab
+    # Which of each task's items are scored: dev or test, a split by a hash of the item's document (the same
+    # for every run), or all. Tuning reads dev, final results test (python -m sft_lab.ablate).
+    split: Split = Split.all
+    dev_fraction: float = 0.5  # the share of items in dev
 
 
 @dataclass
@@ -273,10 +281,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.lora.r > 0 and cfg.lora.alpha <= 0:
         raise ConfigError(f"lora.alpha must be > 0, got lora.alpha={cfg.lora.alpha}")
     t = cfg.train
-    if (t.max_steps is None) == (t.epochs is None):
-        raise ConfigError(f"set exactly one of train.max_steps and train.epochs (got max_steps={t.max_steps}, "
-                          f"epochs={t.epochs}); to train by epochs: train.epochs=3 train.max_steps=null")
-    for key in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_steps", "epochs"):
+    lengths = {k: t[k] for k in ("max_steps", "epochs", "max_tokens") if t[k] is not None}
+    if len(lengths) != 1:
+        raise ConfigError(f"set exactly one of train.max_steps, train.epochs and train.max_tokens (got "
+                          f"{', '.join(f'train.{k}={v}' for k, v in lengths.items()) or 'none'}); e.g. to train on a "
+                          "budget of answer tokens: train.max_tokens=20000 train.max_steps=null")
+    for key in ("max_length", "batch_size", "grad_accum", "logging_steps", "save_steps", "max_steps", "epochs",
+                "max_tokens"):
         if t[key] is not None and t[key] <= 0:
             raise ConfigError(f"train.{key} must be > 0, got train.{key}={t[key]}")
     if t.micro_batch_size is not None and not (0 < t.micro_batch_size <= t.batch_size
@@ -429,6 +440,8 @@ def _validate_eval(ev: EvalConfig) -> None:
         raise ConfigError(f"eval.gen_batch_size must be > 0, got {ev.gen_batch_size}")
     if ev.max_gen_toks <= 0:
         raise ConfigError(f"eval.max_gen_toks must be > 0 (answer tokens per generated item), got {ev.max_gen_toks}")
+    if not 0 < ev.dev_fraction < 1:
+        raise ConfigError(f"eval.dev_fraction must be in (0, 1), got {ev.dev_fraction}")
     if ev.limit is not None and ev.limit <= 0:
         raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
     if ev.include_path and not Path(ev.include_path).is_dir():

@@ -40,7 +40,8 @@ ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit
                ("train", "optimizer"): "adamw_torch",
                ("train", "micro_batch_size"): None, ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
                ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None,
-               ("eval", "max_gen_toks"): 256, ("eval", "gen_batch_size"): 32}
+               ("eval", "max_gen_toks"): 256, ("eval", "gen_batch_size"): 32,
+               ("train", "max_tokens"): None, ("eval", "split"): "all", ("eval", "dev_fraction"): 0.5}
 
 
 def fingerprint(config: dict[str, Any]) -> str:

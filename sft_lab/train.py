@@ -46,14 +46,32 @@ def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optiona
     return 2 if device_type == "cpu" and train_cfg.batch_size % 2 == 0 else train_cfg.batch_size
 
 
-def arguments(train_cfg, lr: float, seed: int, ckpt_dir: Path, rows: int, dtype, periodic: bool):
+def token_budget(train_cfg, data, processes: int):
+    """train.max_tokens as a TokenBudget over this mixture (None without it); says so when the budget takes more
+    than one pass over the data."""
+    from sft_lab.trainer import TokenBudget
+
+    if not train_cfg.get("max_tokens"):
+        return None
+    from sft_lab.templates import IGNORE
+
+    per_epoch = sum(sum(label != IGNORE for label in row["labels"]) for row in data.train)
+    per_step = train_cfg.batch_size * train_cfg.grad_accum * processes
+    budget = TokenBudget(int(train_cfg.max_tokens), per_epoch, max(1, -(-len(data.train) // per_step)))
+    if budget.max_tokens > per_epoch:
+        log.warning("train.max_tokens=%d is more than the mixture's %d answer tokens: the data runs out first, and "
+                    "the run takes %.2f epochs", budget.max_tokens, per_epoch, budget.max_tokens / max(per_epoch, 1))
+    return budget
+
+
+def arguments(train_cfg, lr: float, seed: int, ckpt_dir: Path, rows: int, dtype, periodic: bool, epochs=None):
     import torch
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(ckpt_dir),
-        max_steps=train_cfg.max_steps or -1,  # -1: train.epochs decides
-        num_train_epochs=train_cfg.epochs or 1,
+        max_steps=train_cfg.max_steps or -1,  # -1: train.epochs (or the token budget's epochs) decides
+        num_train_epochs=epochs or train_cfg.epochs or 1,
         optim=train_cfg.optimizer,
         neftune_noise_alpha=train_cfg.neftune_alpha,
         per_device_train_batch_size=rows,
@@ -102,12 +120,15 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     ckpt_dir = run_dir / "checkpoints"
     param = next(model.parameters())
     micro = micro_batch_size(train_cfg, param.device.type, distributed.world_size())
-    args = arguments(train_cfg, lr, seed, ckpt_dir, micro or train_cfg.batch_size, param.dtype, bool(data.heldout))
+    budget = token_budget(train_cfg, data, distributed.world_size())
+    args = arguments(train_cfg, lr, seed, ckpt_dir, micro or train_cfg.batch_size, param.dtype, bool(data.heldout),
+                     budget.epochs if budget else None)
     counts = Counts()
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=periodic_heldout(data.heldout, train_cfg),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[callback(log_metrics, on_eval, counts)], counts=counts, fast_path=cpu.FastPath(),
+        callbacks=[callback(log_metrics, on_eval, counts, budget)], counts=counts, fast_path=cpu.FastPath(),
+        schedule_steps=budget.expected_steps if budget else None,
     )
     fast = cpu.resolve(train_cfg.get("fast_path", "auto"), list(train_cfg.get("fast_path_off") or []),
                        args.device.type, distributed.world_size(), trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled,
@@ -137,6 +158,11 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "mean_loss": output.training_loss,
         # our own count of non-padding tokens: the Trainer's sums the attention mask, which packing makes 4D (-inf)
         "tokens_seen": int(counts.real_tokens),
+        "answer_tokens": int(counts.answer_tokens),  # the tokens the loss saw (what train.max_tokens counts)
+        "epochs": round(float(trainer.state.epoch or 0), 3),
+        "token_budget": {"max_tokens": budget.max_tokens, "mixture_answer_tokens": budget.per_epoch,
+                         "schedule_steps": budget.expected_steps,
+                         "data_ran_out": budget.max_tokens > budget.per_epoch} if budget else None,
         "wall_s": round(wall, 2),
         "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
         "micro_batch_size": micro,
@@ -151,7 +177,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),  # as the model ran
         "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in logged],
         # every eval_steps, on eval_examples of the split
-        "heldout_curve": [{"step": h["step"], "loss": h["eval_loss"]} for h in trainer.state.log_history
-                          if "eval_loss" in h],
+        "heldout_curve": [{"step": h["step"], "answer_tokens": counts.at_step.get(h["step"]), "loss": h["eval_loss"]}
+                          for h in trainer.state.log_history if "eval_loss" in h],
     }
     return Trained(metrics, pruned=getattr(trainer.state, "stopped_by_caller", False), full_weights=full_weights)

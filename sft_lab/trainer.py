@@ -9,6 +9,7 @@ import math
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,6 +38,7 @@ class Counts:
     def __init__(self):
         self.sources: dict[str, dict[str, int]] = {}
         self.padded_tokens = 0
+        self.at_step: dict[int, int] = {}  # answer tokens trained after each step (all ranks)
         self.earlier_wall_s = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
         self.started = time.perf_counter()
 
@@ -55,10 +57,15 @@ class Counts:
     def real_tokens(self) -> int:
         return sum(c["tokens"] for c in self.sources.values())
 
+    @property
+    def answer_tokens(self) -> int:
+        """The tokens the loss saw (train.max_tokens counts these)."""
+        return sum(c["label_tokens"] for c in self.sources.values())
+
     def merged(self) -> "Counts":
         """All ranks' counts added up (a collective under torchrun: every rank calls it)."""
         out = Counts()
-        out.earlier_wall_s, out.started = self.earlier_wall_s, self.started
+        out.earlier_wall_s, out.started, out.at_step = self.earlier_wall_s, self.started, self.at_step
         for sources, padded in distributed.gather((self.sources, self.padded_tokens)):
             out.add({"sources": sources, "padded_tokens": padded})
         return out
@@ -68,7 +75,7 @@ class Counts:
         total = self.merged()
         if distributed.is_main():
             atomic_write(folder / self.FILE, json.dumps({"sources": total.sources, "padded_tokens": total.padded_tokens,
-                                                         "wall_s": total.wall_s}))
+                                                         "wall_s": total.wall_s, "at_step": total.at_step}))
 
     def load(self, folder: Path) -> None:
         """Rank 0 carries the earlier attempts' totals; the other ranks count only what they train now."""
@@ -77,6 +84,7 @@ class Counts:
             saved = json.loads(path.read_text())
             self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
             self.earlier_wall_s = float(saved.get("wall_s", 0.0))
+            self.at_step = {int(k): v for k, v in saved.get("at_step", {}).items()}
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
@@ -98,9 +106,20 @@ class CountingTrainer(Trainer):
     """Adds up each trained batch's per-source counts (the collator attaches them); on the CPU fast path the
     loss is taken on label positions only, in passes (sft_lab.cpu)."""
 
-    def __init__(self, *args, fast_path: FastPath, counts: Counts, **kwargs):
+    def __init__(self, *args, fast_path: FastPath, counts: Counts, schedule_steps: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fast_path, self.counts = fast_path, counts
+        self.fast_path, self.counts, self.schedule_steps = fast_path, counts, schedule_steps
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Under a token budget the schedule runs over the steps the budget is expected to take (not the
+        epochs' worth the Trainer is given), and holds its last value should training run past them."""
+        if not self.schedule_steps:
+            return super().create_scheduler(num_training_steps, optimizer)
+        scheduler = super().create_scheduler(self.schedule_steps, optimizer)
+        total = self.schedule_steps
+        if hasattr(scheduler, "lr_lambdas"):
+            scheduler.lr_lambdas = [lambda step, f=f: f(min(step, total)) for f in scheduler.lr_lambdas]
+        return scheduler
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         counts = inputs.pop("counts", None)
@@ -182,11 +201,35 @@ def quiet_progress(trainer) -> None:
         trainer.add_callback(Progress())
 
 
+@dataclass
+class TokenBudget:
+    """train.max_tokens: answer tokens to train on. The Trainer gets enough epochs; the callback stops at the
+    step that reaches the budget; the schedule runs over the steps that is expected to take."""
+
+    max_tokens: int
+    per_epoch: int  # answer tokens in one pass over the mixture
+    steps_per_epoch: int
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.max_tokens / max(self.per_epoch, 1)) + 1  # +1: the budget may end past an epoch's edge
+
+    @property
+    def expected_steps(self) -> int:
+        return max(1, math.ceil(self.max_tokens * self.steps_per_epoch / max(self.per_epoch, 1)))
+
+
 def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]],
-             counts: Counts):
+             counts: Counts, budget: Optional[TokenBudget] = None):
     class Callback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             counts.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            seen = counts.merged().answer_tokens if distributed.world_size() > 1 else counts.answer_tokens
+            counts.at_step[state.global_step] = seen  # the learning curve's x: answer tokens trained
+            if budget is not None and seen >= budget.max_tokens:
+                control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})

@@ -47,6 +47,8 @@ def ensure_base(df: pd.DataFrame, runs_dir: str) -> pd.DataFrame:
         keys.append("eval.max_gen_toks")
     if any(is_heldout(t) for t in tasks):  # heldout_<source> items depend on these
         keys += ["data.heldout_fraction", "data.heldout_max", "eval.heldout_max_tokens"]
+    if first.get("eval.split") in ("dev", "test"):  # the same items as the runs
+        keys += ["eval.split", "eval.dev_fraction"]
     settings = {k: first.get(k) for k in keys}
     later = added_later(first)  # tasks added by `python -m sft_lab.evaluate`, with their own limit
     bases = []

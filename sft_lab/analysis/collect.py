@@ -27,6 +27,7 @@ def record_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
             row[group] = config[group].get("name")
     row["baseline"] = bool(config.get("baseline", False))
     row["group"] = record.group
+    row["tuned_on"] = (record.sweep or {}).get("tuned_on")  # the items an ablation tuned this config on
     for task, metrics in (record.eval or {}).items():
         for metric, v in metrics.items():
             row[f"eval/{task}/{metric}"] = v.get("value")

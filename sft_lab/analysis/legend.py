@@ -45,10 +45,14 @@ class Facts:
     generative: bool = False
     pooled: list[str] = field(default_factory=list)
     excluded: dict = field(default_factory=dict)
+    split: str = "all"  # the items reported: all | dev | test | mixed (eval.split)
 
 
 def lines(f: Facts) -> list[str]:
     out = [CELLS + (AVERAGE if f.averaged else "")]
+    if f.split in ("dev", "test"):
+        out.append(f"Items: the {f.split} split of each task (eval.split={f.split}: a hash of each item's document, "
+                   "the same for every run).")
     if f.mixed:
         out.append("WARNING: mixed eval protocols (" + "; ".join(f.mixed) + ").")
     if f.ref:

@@ -181,3 +181,33 @@ def _sort_key(x):
         return (0, float(x))
     except (TypeError, ValueError):
         return (1, str(x))
+
+
+def tuning_curves(curves, out: str, objective: str):
+    """Expected best dev score against the number of trials, one line per arm (sft_lab.analysis.curves)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10")
+    for i, c in enumerate(x for x in curves if x.curve):
+        ax.plot(range(1, len(c.curve) + 1), c.curve, "o-", color=colours(i % 10), label=f"{c.arm} ({len(c.values)} trials)")
+    ax.set_xlabel("tuning trials")
+    ax.set_ylabel(f"expected best dev {objective}")
+    ax.set_title("tuning curves: expected best of t trials (Dodge et al. 2019)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, out)
+
+
+def learning_curves(curves, out: str):
+    """Held-out loss against answer tokens trained, per arm: mean over seeds ± 95% CI."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10")
+    for i, c in enumerate(curves):
+        half = [h if h is not None else 0.0 for h in c.half]
+        ax.errorbar(c.tokens, c.mean, yerr=half, fmt="o-", capsize=3, color=colours(i % 10),
+                    label=f"{c.arm} (n={c.seeds})")
+    ax.set_xlabel("answer tokens trained")
+    ax.set_ylabel("held-out loss (per answer token)")
+    ax.set_title("learning curves: mean over seeds ± 95% CI", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, out)

@@ -29,7 +29,8 @@ DEFAULT_ORDER = ["acc", "acc_norm", "bits_per_byte", "loss"]
 GENERATIVE_METRICS = {"ifeval": ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
                                  "inst_level_loose_acc", "stopped"], "gen": ["rougeL", "words", "stopped"]}
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
-               "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended")
+               "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended", "tuned_on",
+               "train.label_tokens")
 ALPHA = legend.ALPHA
 
 
@@ -117,7 +118,7 @@ def check_protocols(df: pd.DataFrame, tasks: list[str], rows: Optional[list[str]
         limits = p.get("limits") or {}
         have = [t for t in tasks if t in (p.get("task_versions") or {}) or t in (p.get("n_shot") or {})
                 or t in limits] if (p.get("task_versions") or p.get("n_shot") or limits) else tasks
-        return {"apply_chat_template": p.get("apply_chat_template"),
+        return {"apply_chat_template": p.get("apply_chat_template"), "split": p.get("split", "all"),
                 **{f"limit[{t}]": limits.get(t, p.get("limit")) for t in have},
                 **{f"n_shot[{t}]": (p.get("n_shot") or {}).get(t) for t in have},
                 **{f"version[{t}]": (p.get("task_versions") or {}).get(t) for t in have},
@@ -243,9 +244,10 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     missing = [k for k in rows if k not in runs.columns]
     if missing:
         raise TableError(f"--rows: unknown key(s) {missing}; try config keys such as data, template, lr, lora.r, seed")
+    _refuse_selected_items(runs)
     tasks = sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/")})
     columns = [c for t in tasks for c in task_columns(runs, t, metric)]
-    facts = legend.Facts(excluded=dict(excluded or {}))
+    facts = legend.Facts(excluded=dict(excluded or {}), split=_split(runs))
     # a column some runs lack is shown where present, never compared, and named in the legend
     facts.partial = {c: runs.loc[runs[f"eval/{c}"].isna(), "name" if "name" in runs else "run_dir"].astype(str).tolist()
                      for c in columns if runs[f"eval/{c}"].isna().any()}
@@ -304,6 +306,26 @@ def build(df: pd.DataFrame, rows: list[str], metric: Optional[str] = None, ref: 
     facts.averaged, facts.differ, facts.power = bool(acc_columns), differ, bool(power)
     facts.generative, facts.pooled = bool(generative), lay.pooled
     return Table(list(rows), all_columns, table_rows, legend.lines(facts), power)
+
+
+def _split(runs: pd.DataFrame) -> str:
+    """The items the runs report: all, dev or test (eval.split; runs recorded before it: all)."""
+    values = set(runs["eval.split"].fillna("all")) if "eval.split" in runs else {"all"}
+    return values.pop() if len(values) == 1 else "mixed"
+
+
+def _refuse_selected_items(runs: pd.DataFrame) -> None:
+    """A configuration tuned on some items is not reported on those same items (the winner's curse)."""
+    if "tuned_on" not in runs:
+        return
+    split = runs["eval.split"].fillna("all") if "eval.split" in runs else pd.Series("all", index=runs.index)
+    tuned = runs["tuned_on"]
+    bad = runs[tuned.notna() & ((split == tuned) | (split == "all"))]
+    if not bad.empty:
+        names = bad["name"].astype(str).tolist() if "name" in bad else bad["run_dir"].astype(str).tolist()
+        raise TableError(f"{len(bad)} run(s) report the items their configuration was tuned on (tuned on "
+                         f"{bad['tuned_on'].iloc[0]} items, eval.split={split[bad.index[0]]}): {', '.join(names[:4])}. "
+                         "Report an ablation's final runs, which read the test items (python -m sft_lab.ablate).")
 
 
 def _deltas(table_rows: list[Row], ref_row: Optional[Row], comparable: list[str]) -> None:

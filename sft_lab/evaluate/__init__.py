@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sft_lab.record import jsonable
+from sft_lab.evaluate.split import splitting_manager
 from sft_lab.tasks import GEN_PREFIX, HELDOUT_PREFIX, is_generative, shipped_task_names
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
     include = [str(tasks_dir)] + ([str(Path(eval_cfg.include_path).resolve())] if eval_cfg.include_path else [])
     ours = shipped_task_names()
     needs_builtin = any(t not in ours and not t.startswith((HELDOUT_PREFIX, GEN_PREFIX)) for t in tasks) and not eval_cfg.include_path
-    manager = TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path))
+    split, items = eval_cfg.get("split", "all"), {}
+    manager = splitting_manager(TaskManager(include_path=include, include_defaults=needs_builtin or bool(eval_cfg.include_path)),
+                                split, eval_cfg.get("dev_fraction", 0.5), items)
     model.eval()
     from sft_lab.generate import EvalLM
 
@@ -106,6 +109,9 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
         "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else _version("lm_eval"),
         "task_hashes": results.get("task_hashes", {}),
         "limits": {t: eval_cfg.limit for t in metrics},
+        # eval.split: which items (sft_lab/evaluate/split.py), and how many each task kept before the limit
+        **({"split": split, "dev_fraction": eval_cfg.get("dev_fraction", 0.5), "split_items": items}
+           if split != "all" else {}),
         "generation": {t: {"max_gen_toks": eval_cfg.max_gen_toks, "decoding": "greedy", **(generation or {})}
                        for t in generative},
     }

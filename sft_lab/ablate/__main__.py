@@ -1,0 +1,5 @@
+import sys
+
+from sft_lab.ablate.cli import main
+
+sys.exit(main())

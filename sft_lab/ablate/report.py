@@ -1,0 +1,110 @@
+"""An ablation's outputs, in <runs_dir>/ablate/<study_name>/: the table of the final runs on test items (one row
+per arm, with its tuned values), the tuning curves, the learning curves, and ablation.md that holds them all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from sft_lab.ablate.run import Arm
+from sft_lab.ablate.spec import AblateSpec
+from sft_lab.analysis import curves as cv
+from sft_lab.analysis import plots, render
+from sft_lab.analysis import table as tbl
+from sft_lab.analysis.base import ensure_base
+from sft_lab.analysis.collect import collect
+from sft_lab.record import read_record
+
+
+def final_runs(runs_dir: str, arms: list[Arm]) -> pd.DataFrame:
+    df, _ = collect(runs_dir)
+    dirs = {str(Path(d)) for a in arms for d in a.final_dirs}
+    return df[df["run_dir"].map(lambda d: str(Path(d)) in dirs) | df["baseline"]]
+
+
+def ablation_table(spec: AblateSpec, runs_dir: str, arms: list[Arm], base: bool = True) -> tbl.Table:
+    """One row per arm (its factors and tuned values), tested against the first arm."""
+    df = final_runs(runs_dir, arms)
+    runs = df[~df["baseline"]]
+    base_rows = ensure_base(df, runs_dir) if base else None
+    first = runs[runs["run_dir"].isin(arms[0].final_dirs)].iloc[0]
+    ref = {k: str(first[k]) for k in spec.arms}
+    return tbl.build(runs, list(spec.arms) + list(spec.tune), ref=ref, base=base_rows)
+
+
+def _score(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def write(spec: AblateSpec, runs_dir: str, arms: list[Arm], out: Path, base: bool = True) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    higher = spec.objective.direction == "maximize"
+    objective = " + ".join(spec.objective.metrics)
+    table = ablation_table(spec, runs_dir, arms, base)
+    (out / "table.md").write_text(render.RENDERERS["md"](table))
+    tuning = cv.tuning_curves({a.label: a.values for a in arms}, higher, {a.label: a.pruned for a in arms})
+    if any(c.curve for c in tuning):
+        plots.tuning_curves(tuning, str(out / "tuning_curves.svg"), objective)
+    learning = [c for a in arms if (c := cv.learning_curve(a.label, [_heldout_curve(d) for d in a.final_dirs]))]
+    if learning:
+        plots.learning_curves(learning, str(out / "learning_curves.svg"))
+    text = _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir)
+    path = out / "ablation.md"
+    path.write_text(text)
+    (out / "arms.json").write_text(json.dumps([a.__dict__ for a in arms], indent=1, default=str))
+    return path
+
+
+def _heldout_curve(run_dir: str) -> list[dict]:
+    record = read_record(Path(run_dir))
+    return list(((record.train or {}) if record else {}).get("heldout_curve") or [])
+
+
+def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) -> str:
+    tuned_keys = list(spec.tune)
+    n_final = len(spec.seeds)
+    lines = [f"# Ablation: {spec.study_name}", "",
+             f"**Arms** ({len(arms)}): " + "; ".join(a.label for a in arms) + ".",
+             f"**Tuned per arm**: {', '.join(tuned_keys)}, {spec.trials} trials each (Optuna, "
+             f"{spec.sampler.get('type', 'tpe')} sampler, {spec.pruner.get('type', 'median')} pruner), seed(s) "
+             f"{spec.tuning_seeds}, objective {objective} ({'higher' if higher else 'lower'} is better) on the **dev** "
+             "items of each task (eval.split=dev).",
+             f"**Final runs**: each arm's best configuration with fresh seeds {spec.seeds}, scored on the **test** items "
+             "(eval.split=test), which no tuning trial read. The split is a hash of each item's document, the same "
+             "for every run.", "",
+             "## Tuned values", "",
+             "| arm | " + " | ".join(tuned_keys) + f" | best dev {objective} | trials (finished / pruned / failed) |",
+             "|---|" + "---|" * (len(tuned_keys) + 2)]
+    for a in arms:
+        best = max(a.values) if higher else min(a.values)
+        lines.append(f"| {a.label} | " + " | ".join(_fmt(a.best.get(k)) for k in tuned_keys)
+                     + f" | {_score(best)} | {len(a.values)} / {a.pruned} / {a.failed} |")
+    lines += ["", f"## Results on test items ({n_final} seeds per arm)", "", render.RENDERERS["md"](table).rstrip(), ""]
+    lines += ["## Tuning curves", "",
+              f"Expected best dev {objective} of t trials drawn from each arm's finished trials (Dodge et al. 2019).", ""]
+    drawn = [c for c in tuning if c.curve]
+    if drawn:
+        t_max = max(len(c.curve) for c in drawn)
+        lines += ["| arm | " + " | ".join(f"t={t}" for t in range(1, t_max + 1)) + " |",
+                  "|---|" + "---|" * t_max]
+        for c in drawn:
+            lines.append(f"| {c.arm} | " + " | ".join(_score(c.curve[t]) if t < len(c.curve) else "" for t in range(t_max)) + " |")
+        lines += ["", "![tuning curves](tuning_curves.svg)", ""]
+    lines += [cv.ranking_sentence(tuning, higher), ""]
+    lines += ["## Learning curves", ""]
+    if learning:
+        lines += ["Held-out loss against the answer tokens trained, each arm's final runs: mean over seeds ± 95% CI.",
+                  "", "![learning curves](learning_curves.svg)", ""]
+        lines += ["| arm | " + "answer tokens → held-out loss |", "|---|---|"]
+        for c in learning:
+            lines.append(f"| {c.arm} | " + ", ".join(f"{t:,.0f}: {m:.3f}" for t, m in zip(c.tokens, c.mean)) + " |")
+    else:
+        lines.append("No learning curve: the final runs recorded no periodic held-out loss (they need a held-out "
+                     "split, data.heldout_fraction > 0).")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    return format(v, ".3g") if isinstance(v, float) else str(v)
