@@ -13,8 +13,8 @@ from sft_lab.tokens import Collator, pack, train_on_prompt
 
 
 @pytest.mark.parametrize("overrides, says", [
-    (["train.epochs=2"], "set exactly one of train.max_steps and train.epochs"),
-    (["train.max_steps=null"], "set exactly one of train.max_steps and train.epochs"),
+    (["train.epochs=2"], "set exactly one of train.max_steps, train.epochs and train.max_tokens"),
+    (["train.max_steps=null"], "set exactly one of train.max_steps, train.epochs and train.max_tokens"),
     (["train.epochs=0", "train.max_steps=null"], "train.epochs must be > 0"),
     (["train.neftune_alpha=-1"], "train.neftune_alpha must be > 0"),
     (["lora=full", "lora.use_dora=true"], "need a LoRA adapter"),

@@ -33,7 +33,7 @@ def record_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
             row[f"eval/{task}/{metric}"] = v.get("value")
             row[f"stderr/{task}/{metric}"] = v.get("stderr")
     train = record.train or {}
-    row.update({"train.tokens_seen": train.get("tokens_seen"), "train.wall_s": train.get("wall_s"),
+    row.update({"train.tokens_seen": train.get("tokens_seen"), "train.answer_tokens": train.get("answer_tokens"), "train.wall_s": train.get("wall_s"),
                 "train.final_loss": train.get("final_loss"), "name": record.name, "status": record.status,
                 "started": record.started, "ended": record.ended, "run_dir": run_dir, "fingerprint": record.fingerprint,
                 "protocol": json.dumps(record.eval_protocol or {}, sort_keys=True)})

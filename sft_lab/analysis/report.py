@@ -181,7 +181,9 @@ def _protocol(study: Study) -> dict[str, str]:
     held_n = min(int(x) for x in (protocol.get("limit"), get("data.heldout_max", None)) if x is not None)
     return {
         "model": f"{get('model')} ({get('model.name_or_path')})",
-        "training": f"LoRA r={get('lora.r')}, lr={get('lr')}, {get('train.max_steps')} steps of batch "
+        "training": f"LoRA r={get('lora.r')}, lr={get('lr')}, "
+                    + (f"{get('train.max_tokens')} answer tokens" if get("train.max_tokens", None) is not None
+                       else f"{get('train.max_steps')} steps") + " of batch "
                     f"{get('train.batch_size')}, max length {get('train.max_length')}, template {get('template')}",
         "tasks": ", ".join(protocol.get("tasks") or []),
         "items per task": f"{protocol.get('limit') or 'all'} (the first items of each task, the same for every run)",

@@ -109,8 +109,10 @@ def run_cell(setting: Setting, draws: int, effects=(0.02, 0.05), alpha: float = 
            "disagreement": setting.disagreement, "against": "base" if setting.against_base else "arm",
            "rows": setting.rows}
     c = 1 / setting.seeds + (0 if setting.against_base else 1 / setting.seeds)
+    null_p: dict[str, list[float]] = {}
     for effect in (0.0, *effects):
         ours = theirs = untestable = 0
+        p_ours, p_theirs = [], []
         seed_ms, residual, inter, disagree = [], [], [], []
         for _ in range(draws):
             rows, base = sim.draw(effect)
@@ -121,6 +123,8 @@ def run_cell(setting: Setting, draws: int, effects=(0.02, 0.05), alpha: float = 
                 untestable += 1
             p = seed_mean_t(rows, base, setting.against_base)
             theirs += (not math.isnan(p)) and p < alpha
+            p_ours.append(result.p if result.testable else 1.0)
+            p_theirs.append(1.0 if math.isnan(p) else p)
             pool = stats.seed_pool(rows)
             other = base if setting.against_base else rows[1]
             seed_ms.append(pool.run_ms), residual.append(pool.residual)
@@ -129,6 +133,12 @@ def run_cell(setting: Setting, draws: int, effects=(0.02, 0.05), alpha: float = 
         key = "aa" if effect == 0.0 else f"power_{effect:g}"
         out[key] = ours / draws
         out[key + "_seed_mean_t"] = theirs / draws
+        if effect == 0.0:
+            null_p = {"ours": p_ours, "theirs": p_theirs}
+        else:  # size-adjusted: each test at the p threshold that gives it exactly alpha under the null
+            for name, ps, suffix in (("ours", p_ours, ""), ("theirs", p_theirs, "_seed_mean_t")):
+                threshold = float(np.quantile(null_p[name], alpha))
+                out[key + suffix + "_size_adjusted"] = float(np.mean(np.asarray(ps) <= threshold))
         if effect == 0.0:
             out["untestable"] = untestable / draws
             out["measured_disagreement"] = float(np.mean(disagree))

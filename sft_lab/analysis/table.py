@@ -229,7 +229,9 @@ def _row(lay: _Layout, labels: tuple, group: pd.DataFrame, is_base: bool = False
         for c in cells.values():
             c.pooled = "×".join([lay.seeds] + varying)
     tokens, wall = group["train.tokens_seen"].mean(), group["train.wall_s"].mean()
-    cost = "" if is_base or pd.isna(tokens) else f"{tokens / 1e3:.1f}k tok, {wall:.0f} s"
+    answer = group["train.answer_tokens"].mean() if "train.answer_tokens" in group else math.nan
+    answers = "" if pd.isna(answer) else f" ({answer / 1e3:.1f}k answer)"  # what train.max_tokens counts
+    cost = "" if is_base or pd.isna(tokens) else f"{tokens / 1e3:.1f}k tok{answers}, {wall:.0f} s"
     return Row(labels, cells, cost, is_base, runs=group["run_dir"].tolist())
 
 
