@@ -115,9 +115,15 @@ def test_ablation_file_mistakes_get_one_clear_error(tmp_path, change, message):
         load_spec(str(path))
 
 
-def test_the_shipped_toy_ablation_loads():
-    spec = load_spec("sweeps/ablate_toy.yaml")
+@pytest.mark.parametrize("name", ["ablate_toy.yaml", "ablate_study.yaml"])
+def test_the_shipped_ablations_load_and_every_arm_composes(name):
+    from sft_lab.ablate.spec import arm_overrides, arm_sweep
+    from sft_lab.sweep.spec import check
+
+    spec = load_spec(f"sweeps/{name}")
     assert set(spec.seeds).isdisjoint(spec.tuning_seeds)
+    for label, overrides in arm_overrides(spec):
+        check(arm_sweep(spec, label, overrides), [])  # each value composes; the objective is evaluated
 
 
 def test_a_table_refuses_runs_reported_on_the_items_they_were_tuned_on():

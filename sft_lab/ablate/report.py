@@ -4,6 +4,7 @@ per arm, with its tuned values), the tuning curves, the learning curves, and abl
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,9 @@ def ablation_table(spec: AblateSpec, runs_dir: str, arms: list[Arm], base: bool 
     """One row per arm (its factors and tuned values), tested against the first arm."""
     df = final_runs(runs_dir, arms)
     runs = df[~df["baseline"]]
-    base_rows = ensure_base(df, runs_dir) if base else None
+    # a base row only when every arm fine-tunes the same model (arms over model.* keys have no one base)
+    one_model = all(runs[c].astype(str).nunique() <= 1 for c in runs.columns if c.startswith("model"))
+    base_rows = ensure_base(df, runs_dir) if base and one_model else None
     first = runs[runs["run_dir"].isin(arms[0].final_dirs)].iloc[0]
     ref = {k: str(first[k]) for k in spec.arms}
     return tbl.build(runs, list(spec.arms) + list(spec.tune), ref=ref, base=base_rows)
@@ -68,7 +71,7 @@ def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) 
     lines = [f"# Ablation: {spec.study_name}", "",
              f"**Arms** ({len(arms)}): " + "; ".join(a.label for a in arms) + ".",
              f"**Tuned per arm**: {', '.join(tuned_keys)}, {spec.trials} trials each (Optuna, "
-             f"{spec.sampler.get('type', 'tpe')} sampler, {spec.pruner.get('type', 'median')} pruner), seed(s) "
+             f"{spec.sampler.get('type', 'tpe')} sampler, {_pruner(spec)}), seed(s) "
              f"{spec.tuning_seeds}, objective {objective} ({'higher' if higher else 'lower'} is better) on the **dev** "
              "items of each task (eval.split=dev).",
              f"**Final runs**: each arm's best configuration with fresh seeds {spec.seeds}, scored on the **test** items "
@@ -81,6 +84,12 @@ def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) 
         best = max(a.values) if higher else min(a.values)
         lines.append(f"| {a.label} | " + " | ".join(_fmt(a.best.get(k)) for k in tuned_keys)
                      + f" | {_score(best)} | {len(a.values)} / {a.pruned} / {a.failed} |")
+    lines += ["", "Every tuning trial (dev items):", "", "| arm | " + " | ".join(tuned_keys) + f" | dev {objective} |",
+              "|---|" + "---|" * (len(tuned_keys) + 1)]
+    for a in arms:
+        for t in sorted(a.trials, key=lambda t: [_order(t["params"].get(k)) for k in tuned_keys]):
+            score = _score(t["value"]) if t["value"] is not None else t["state"]
+            lines.append(f"| {a.label} | " + " | ".join(_fmt(t["params"].get(k)) for k in tuned_keys) + f" | {score} |")
     lines += ["", f"## Results on test items ({n_final} seeds per arm)", "", render.RENDERERS["md"](table).rstrip(), ""]
     lines += ["## Tuning curves", "",
               f"Expected best dev {objective} of t trials drawn from each arm's finished trials (Dodge et al. 2019).", ""]
@@ -103,7 +112,38 @@ def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) 
     else:
         lines.append("No learning curve: the final runs recorded no periodic held-out loss (they need a held-out "
                      "split, data.heldout_fraction > 0).")
+    lines += ["", "## Cost", "", _cost(arms)]
     return "\n".join(lines) + "\n"
+
+
+def _pruner(spec) -> str:
+    kind = spec.pruner.get("type", "median")
+    return "no pruning" if kind == "none" else f"{kind} pruner on the held-out loss every {spec.prune_every} steps"
+
+
+def _cost(arms: list[Arm]) -> str:
+    """Training and start-to-end time of the tuning trials and of the final runs, from their records."""
+    def totals(dirs):
+        train = wall = 0.0
+        for d in dirs:
+            r = read_record(Path(d))
+            if r is None:
+                continue
+            train += float((r.train or {}).get("wall_s") or 0)
+            if r.started and r.ended:
+                wall += (datetime.fromisoformat(r.ended) - datetime.fromisoformat(r.started)).total_seconds()
+        return len(dirs), train, wall
+
+    parts = []
+    for what, dirs in (("tuning", [d for a in arms for d in a.trial_dirs]), ("final", [d for a in arms for d in a.final_dirs])):
+        n, train, wall = totals(dirs)
+        parts.append(f"{n} {what} runs: {wall / 60:.1f} min start to end, {train / 60:.1f} min of it training")
+
+    return "; ".join(parts) + " (runs reused from earlier invocations count once, as recorded)."
+
+
+def _order(v):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
 
 
 def _fmt(v) -> str:

@@ -26,6 +26,8 @@ class Arm:
     values: list[float] = field(default_factory=list)  # finished trials' dev scores, in trial order
     pruned: int = 0
     failed: int = 0
+    trial_dirs: list[str] = field(default_factory=list)  # the tuning trials' runs
+    trials: list[dict] = field(default_factory=list)  # every trial: number, params, dev score, state
     best: dict[str, Any] = field(default_factory=dict)  # the tuned values
     best_trial: Optional[int] = None
     final_dirs: list[str] = field(default_factory=list)
@@ -84,6 +86,9 @@ def summarise(study, label: str, overrides: list[str], name: str) -> Arm:
     arm = Arm(label, overrides, name, [t.value for t in done],
               sum(t.state == TrialState.PRUNED for t in trials),
               sum(t.state == TrialState.FAIL and t.number not in retried for t in trials))
+    arm.trials = [{"number": t.number, "params": dict(t.params), "value": t.value, "state": t.state.name.lower()}
+                  for t in trials if t.state != TrialState.FAIL or t.number not in retried]
+    arm.trial_dirs = sorted({v for t in trials for k, v in t.user_attrs.items() if k.startswith("run_dir_")})
     if not done:
         errors = [t.user_attrs.get("error") for t in trials if t.user_attrs.get("error")]
         raise AblateError(f"arm {label}: no tuning trial finished ({arm.pruned} pruned, {arm.failed} failed)"
@@ -102,7 +107,8 @@ def finals(spec: AblateSpec, arm: Arm, extra: list[str], study_name: str) -> Non
     tuned = [f"{k}={v}" for k, v in arm.best.items()]
     tasks = [f"eval.tasks=[{','.join(spec.final)}]"] if spec.final else []
     for seed in spec.seeds:
-        overrides = [*spec.fixed, *arm.overrides, *tuned, *extra, *tasks, f"seed={seed}", "eval.split=test",
+        overrides = [*spec.fixed, *arm.overrides, *tuned, *extra, *tasks, *spec.final_overrides, f"seed={seed}",
+                     "eval.split=test",
                      f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"]
         cfg = compose(overrides)
         expand_heldout(cfg.eval)

@@ -8,6 +8,7 @@
     seeds: [1, 2, 3]                              # the final runs: fresh seeds, on test items
     objective: {metrics: [arc_easy.acc], direction: maximize}
     final: [arc_easy, ifeval]                     # eval.tasks of the final runs ([]: the tuning's tasks)
+    final_overrides: [eval.limit=300]             # other settings of the final runs only
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class AblateSpec:
     objective: ObjectiveSpec = field(default_factory=lambda: ObjectiveSpec(["heldout.bits_per_byte"], "minimize"))
     final: List[str] = field(default_factory=list)  # eval.tasks of the final runs; []: the tuning runs' tasks
     fixed: List[str] = field(default_factory=list)  # Hydra overrides for every run
+    final_overrides: List[str] = field(default_factory=list)  # ... and for the final runs only, e.g. eval.limit=150
     sampler: Dict[str, Any] = field(default_factory=dict)  # as a sweep's (tpe by default), one study per arm
     pruner: Dict[str, Any] = field(default_factory=dict)  # as a sweep's (median by default)
     prune_every: int = 10  # steps between held-out losses: the pruner's signal and the learning curve's points
