@@ -115,13 +115,13 @@ def test_ablation_file_mistakes_get_one_clear_error(tmp_path, change, message):
         load_spec(str(path))
 
 
-@pytest.mark.parametrize("name", ["ablate_toy.yaml", "ablate_study.yaml"])
-def test_the_shipped_ablations_load_and_every_arm_composes(name):
+def test_the_shipped_ablations_load_and_every_arm_composes():
     from sft_lab.ablate.spec import arm_overrides, arm_sweep
     from sft_lab.sweep.spec import check
 
-    spec = load_spec(f"sweeps/{name}")
-    assert set(spec.seeds).isdisjoint(spec.tuning_seeds)
+    study = load_spec("sweeps/ablate_study.yaml")
+    assert set(study.seeds).isdisjoint(study.tuning_seeds) and len(arm_overrides(study)) == 3
+    spec = load_spec("sweeps/ablate_toy.yaml")
     for label, overrides in arm_overrides(spec):
         check(arm_sweep(spec, label, overrides), [])  # each value composes; the objective is evaluated
 

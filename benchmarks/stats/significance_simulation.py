@@ -7,10 +7,13 @@ runs --draws simulated tables with no true difference (A/A) and with a true diff
 Each table has --rows trained rows whose seed variance the test pools. Per cell it prints the A/A rate of
 the table's test (stats.compare) and of the t over seed means, their power, and the power the table
 predicts (stats.power, the function behind the "min. detectable Δ" row and analysis/plan.py) from the
-variance components. Then one JSON line. About 20 minutes on 2 CPU cores at 600 draws.
+variance components. The JSON also holds each test's size-adjusted power (at the p threshold that gives it
+exactly 5% in its own A/A draws), so the two tests are compared at equal size. Then one JSON line. About 20
+minutes on 2 CPU cores at 600 draws.
 
     python -m benchmarks.stats.significance_simulation
     python -m benchmarks.stats.significance_simulation --draws 200 --items 200 --seeds 2   # a few cells
+    python -m benchmarks.stats.significance_simulation --against arm --items 200,1000      # trained rows only
 """
 
 from __future__ import annotations
