@@ -46,24 +46,6 @@ def micro_batch_size(train_cfg, device_type: str, processes: int = 1) -> Optiona
     return 2 if device_type == "cpu" and train_cfg.batch_size % 2 == 0 else train_cfg.batch_size
 
 
-def token_budget(train_cfg, data, processes: int):
-    """train.max_tokens as a TokenBudget over this mixture (None without it); says so when the budget takes more
-    than one pass over the data."""
-    from sft_lab.trainer import TokenBudget
-
-    if not train_cfg.get("max_tokens"):
-        return None
-    from sft_lab.templates import IGNORE
-
-    per_epoch = sum(sum(label != IGNORE for label in row["labels"]) for row in data.train)
-    per_step = train_cfg.batch_size * train_cfg.grad_accum * processes
-    budget = TokenBudget(int(train_cfg.max_tokens), per_epoch, max(1, -(-len(data.train) // per_step)))
-    if budget.max_tokens > per_epoch:
-        log.warning("train.max_tokens=%d is more than the mixture's %d answer tokens: the data runs out first, and "
-                    "the run takes %.2f epochs", budget.max_tokens, per_epoch, budget.max_tokens / max(per_epoch, 1))
-    return budget
-
-
 def arguments(train_cfg, lr: float, seed: int, ckpt_dir: Path, rows: int, dtype, periodic: bool, epochs=None):
     import torch
     from transformers import TrainingArguments
@@ -115,12 +97,12 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     from sft_lab.cpu.fused import fused_ops
     from sft_lab.cpu.passes import PASS_TOKENS
     from sft_lab.tokens import Collator
-    from sft_lab.trainer import Counts, CountingTrainer, callback, last_complete_checkpoint, quiet_progress
+    from sft_lab.trainer import Counts, CountingTrainer, TokenBudget, callback, last_complete_checkpoint, quiet_progress
 
     ckpt_dir = run_dir / "checkpoints"
     param = next(model.parameters())
     micro = micro_batch_size(train_cfg, param.device.type, distributed.world_size())
-    budget = token_budget(train_cfg, data, distributed.world_size())
+    budget = TokenBudget.of(train_cfg, data, distributed.world_size())
     args = arguments(train_cfg, lr, seed, ckpt_dir, micro or train_cfg.batch_size, param.dtype, bool(data.heldout),
                      budget.epochs if budget else None)
     counts = Counts()

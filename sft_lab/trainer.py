@@ -218,6 +218,21 @@ class TokenBudget:
     def expected_steps(self) -> int:
         return max(1, math.ceil(self.max_tokens * self.steps_per_epoch / max(self.per_epoch, 1)))
 
+    @classmethod
+    def of(cls, train_cfg, data, processes: int) -> Optional["TokenBudget"]:
+        """train.max_tokens over this mixture (None without it); logs when it takes more than one pass."""
+        if not train_cfg.get("max_tokens"):
+            return None
+        from sft_lab.templates import IGNORE
+
+        per_epoch = sum(sum(label != IGNORE for label in row["labels"]) for row in data.train)
+        per_step = train_cfg.batch_size * train_cfg.grad_accum * processes
+        budget = cls(int(train_cfg.max_tokens), per_epoch, max(1, -(-len(data.train) // per_step)))
+        if budget.max_tokens > per_epoch:
+            log.warning("train.max_tokens=%d is more than the mixture's %d answer tokens: the data runs out first, "
+                        "and the run takes %.2f epochs", budget.max_tokens, per_epoch, budget.max_tokens / max(per_epoch, 1))
+        return budget
+
 
 def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]],
              counts: Counts, budget: Optional[TokenBudget] = None):

@@ -20,7 +20,8 @@ def parse_args(argv=None):
         epilog="Example: python -m sft_lab.ablate sweeps/ablate_toy.yaml  (see docs/ablations.md)")
     p.add_argument("ablation_file", help="an ablation YAML: arms, tune, trials, tuning_seeds, seeds, objective, final")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes per arm's tuning (CPU: they share the cores)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes per arm's tuning: one GPU each on a GPU node; on CPU they share the cores")
     p.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
     p.add_argument("--out", help="output folder (default: <runs_dir>/ablate/<study_name>)")
     p.add_argument("--no-base", action="store_true", help="no base-model row in the table")

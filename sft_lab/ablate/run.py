@@ -47,7 +47,7 @@ def tune(spec: AblateSpec, label: str, overrides: list[str], extra: list[str], u
 
     from optuna.trial import TrialState
 
-    from sft_lab.sweep.cli import worker_layout
+    from sft_lab.sweep.cli import visible_gpus, worker_layout
     from sft_lab.sweep.queue import open_storage, open_study, storage_lock, top_up
     from sft_lab.sweep.spec import check
     from sft_lab.sweep.trial import worker
@@ -63,8 +63,8 @@ def tune(spec: AblateSpec, label: str, overrides: list[str], extra: list[str], u
         if workers > 1:
             path = folder / f"{label.replace('/', '_').replace(',', '__')}.yaml"  # the workers read the arm's sweep
             path.write_text(OmegaConf.to_yaml(OmegaConf.structured(sweep)))
-            start_local(worker_layout(workers, [], len(os.sched_getaffinity(0))), str(path), url, sweep.study_name,
-                        extra, 1)
+            layout = worker_layout(workers, visible_gpus(), len(os.sched_getaffinity(0)))
+            start_local(layout, str(path), url, sweep.study_name, extra, 1)
         else:
             worker(sweep, url, sweep.study_name, extra)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
@@ -118,6 +118,7 @@ def finals(spec: AblateSpec, arm: Arm, extra: list[str], study_name: str) -> Non
         log.info("arm %s: final run, seed %d, %s", arm.label, seed, " ".join(tuned))
         record = pipeline.run(cfg, group=study_name, sweep=info, overrides=overrides)
         if record is None or record.status != "finished":
-            raise AblateError(f"arm {arm.label}: the final run with seed {seed} ended {record.status if record else 'without a record'} "
-                              f"({run_dir}); run the same command again to resume it")
+            status = record.status if record else "without a record"
+            raise AblateError(f"arm {arm.label}: the final run with seed {seed} ended {status} ({run_dir}); run the "
+                              "same command again to resume it")
         arm.final_dirs.append(str(run_dir))

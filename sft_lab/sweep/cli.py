@@ -43,7 +43,7 @@ def summary(study) -> str:
     return "\n".join(lines)
 
 
-def _visible_gpus() -> list[str]:
+def visible_gpus() -> list[str]:
     """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them for its children."""
     import torch
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("python -m sft_lab.sweep under torchrun / accelerate launch: a sweep starts its own "
                              "workers (--workers N, one GPU each); launch it as a plain process")
         spec = load_spec(args.sweep_file)
-        gpus = _visible_gpus()
+        gpus = visible_gpus()
         procs = procs_per_trial(args.gpus_per_trial, gpus, spec)
         layout = worker_layout(args.workers, gpus, len(os.sched_getaffinity(0)), procs)
         name = args.study_name or spec.study_name
