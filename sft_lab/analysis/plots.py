@@ -190,6 +190,9 @@ def tuning_curves(curves, out: str, objective: str):
     colours = plt.get_cmap("tab10")
     for i, c in enumerate(x for x in curves if x.curve):
         ax.plot(range(1, len(c.curve) + 1), c.curve, "o-", color=colours(i % 10), label=f"{c.arm} ({len(c.values)} trials)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tuning trials")
     ax.set_ylabel(f"expected best dev {objective}")
     ax.set_title("tuning curves: expected best of t trials (Dodge et al. 2019)", fontsize=9)
