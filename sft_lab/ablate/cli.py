@@ -21,7 +21,9 @@ def parse_args(argv=None):
     p.add_argument("ablation_file", help="an ablation YAML: arms, tune, trials, tuning_seeds, seeds, objective, final")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
     p.add_argument("--workers", type=int, default=1,
-                   help="local worker processes per arm's tuning: one GPU each on a GPU node; on CPU they share the cores")
+                   help="local worker processes per arm's tuning: one GPU each on a GPU node; on CPU they share the "
+                        "cores. 0: queue every arm's trials, print the worker command for each, and wait for "
+                        "workers started elsewhere (Slurm) on the same --storage")
     p.add_argument("--storage", help="sqlite:///..., postgresql://user@host:port/db or journal:/shared/path.log")
     p.add_argument("--out", help="output folder (default: <runs_dir>/ablate/<study_name>)")
     p.add_argument("--no-base", action="store_true", help="no base-model row in the table")
@@ -33,22 +35,28 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import sft_lab.config  # noqa: F401  (the config schemas)
     from sft_lab.ablate import report
-    from sft_lab.ablate.run import finals, storage_url, tune
+    from sft_lab.ablate.run import finals, queue, storage_url, tune
     from sft_lab.ablate.spec import arm_overrides, load_spec
     from sft_lab.config import compose
     from sft_lab.sweep.worker import quiet_optuna
 
     quiet_optuna()
     try:
-        if args.workers < 1:
-            raise UserError(f"--workers must be at least 1, got {args.workers}")
+        if args.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {args.workers}")
         spec = load_spec(args.ablation_file)
         runs_dir = compose([*spec.fixed, *args.overrides]).paths.runs_dir
         out = Path(args.out or Path(runs_dir) / "ablate" / spec.study_name)
         out.mkdir(parents=True, exist_ok=True)
         url = storage_url(spec, runs_dir, args.storage)
-        arms = [tune(spec, label, overrides, args.overrides, url, args.workers, out)
-                for label, overrides in arm_overrides(spec)]
+        queued = [queue(spec, label, overrides, args.overrides, url, out) for label, overrides in arm_overrides(spec)]
+        if args.workers == 0:
+            for q in queued:
+                extra = (" \"overrides=[" + ",".join(f"'{o}'" for o in args.overrides) + "]\"") if args.overrides else ""
+                print(f"arm {q.label}: python -m sft_lab.sweep.worker -m sweep_file={q.path} storage={url} "
+                      f"\"study_name='{q.sweep.study_name}'\"{extra} worker=0,1 hydra/launcher=submitit_slurm ...",
+                      file=sys.stderr)
+        arms = [tune(q, args.overrides, url, args.workers) for q in queued]
         for arm in arms:
             finals(spec, arm, args.overrides, spec.study_name)
         path = report.write(spec, runs_dir, arms, out, base=not args.no_base)

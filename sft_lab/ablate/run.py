@@ -40,41 +40,58 @@ def storage_url(spec: AblateSpec, runs_dir: str, given: Optional[str]) -> str:
     return url
 
 
-def tune(spec: AblateSpec, label: str, overrides: list[str], extra: list[str], url: str, workers: int,
-         folder: Path) -> Arm:
-    """One arm's study, topped up to spec.trials and worked until none is queued or running."""
-    import os
+@dataclass
+class Queued:
+    """One arm's study, its trials queued, and the sweep file its workers read."""
 
-    from optuna.trial import TrialState
+    label: str
+    overrides: list[str]
+    sweep: Any  # SweepSpec
+    study: Any  # optuna.Study
+    path: Path
 
-    from sft_lab.sweep.cli import visible_gpus, worker_layout
+
+def queue(spec: AblateSpec, label: str, overrides: list[str], extra: list[str], url: str, folder: Path) -> Queued:
+    """The arm's study, topped up to spec.trials; its sweep file written for workers (local, submitit, Slurm)."""
     from sft_lab.sweep.queue import open_storage, open_study, storage_lock, top_up
     from sft_lab.sweep.spec import check
-    from sft_lab.sweep.trial import worker
-    from sft_lab.sweep.worker import start_local
 
     sweep = arm_sweep(spec, label, overrides)
     check(sweep, extra)
     with storage_lock(url):
         study = open_study(open_storage(url, sweep.heartbeat_s, sweep.grace_s), sweep.study_name, sweep)
         queued = top_up(study, sweep, sweep.n_trials)
-    log.info("arm %s: study %s, %d trial(s) queued", label, sweep.study_name, queued)
+    path = folder / f"{label.replace('/', '_').replace(',', '__').replace('=', '-')}.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(sweep)))
+    log.info("arm %s: study %s, %d trial(s) queued; its sweep file %s", label, sweep.study_name, queued, path)
+    return Queued(label, overrides, sweep, study, path)
+
+
+def tune(q: Queued, extra: list[str], url: str, workers: int) -> Arm:
+    """Work the arm's queue until no trial is waiting or running: in this process (1), in N local worker
+    processes, or (0) by workers started elsewhere on the same storage (python -m sft_lab.sweep.worker)."""
+    import os
+
+    from optuna.trial import TrialState
+
+    from sft_lab.sweep.cli import visible_gpus, worker_layout
+    from sft_lab.sweep.trial import worker
+    from sft_lab.sweep.worker import start_local
+
     while True:
         if workers > 1:
-            path = folder / f"{label.replace('/', '_').replace(',', '__')}.yaml"  # the workers read the arm's sweep
-            path.write_text(OmegaConf.to_yaml(OmegaConf.structured(sweep)))
             layout = worker_layout(workers, visible_gpus(), len(os.sched_getaffinity(0)))
-            start_local(layout, str(path), url, sweep.study_name, extra, 1)
-        else:
-            worker(sweep, url, sweep.study_name, extra)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        if not running:
+            start_local(layout, str(q.path), url, q.sweep.study_name, extra, 1)
+        elif workers == 1:
+            worker(q.sweep, url, q.sweep.study_name, extra)
+        left = q.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        if not left:
             break
-        # a trial of a killed ablation: its heartbeat stops, and after grace_s it is failed and queued again
-        log.info("arm %s: trial(s) %s still running (another process, or a killed one: queued again after "
-                 "grace_s=%d s)", label, [t.number for t in running], sweep.grace_s)
-        time.sleep(max(1, sweep.heartbeat_s))
-    return summarise(study, label, overrides, sweep.study_name)
+        # another process's trials, or a killed one's: its heartbeat stops, and after grace_s it is queued again
+        log.info("arm %s: trial(s) %s waiting or running elsewhere (a killed one is queued again after grace_s=%d s)",
+                 q.label, [t.number for t in left], q.sweep.grace_s)
+        time.sleep(max(1, q.sweep.heartbeat_s))
+    return summarise(q.study, q.label, q.overrides, q.sweep.study_name)
 
 
 def summarise(study, label: str, overrides: list[str], name: str) -> Arm:
