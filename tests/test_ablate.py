@@ -87,8 +87,8 @@ def test_ablate_resumes_after_a_kill_and_reports_the_tuned_ranking_where_a_share
     runs = tmp_path / "runs"
     spec_text = yaml.safe_load((ROOT / "sweeps/ablate_toy.yaml").read_text())
     path = tmp_path / "ablate_toy.yaml"
-    path.write_text(yaml.safe_dump({**spec_text, "heartbeat_s": 1, "grace_s": 3, "fixed": [
-        *spec_text["fixed"], "train.save_steps=10"]}))  # a killed trial is queued again within seconds
+    path.write_text(yaml.safe_dump({**spec_text, "heartbeat_s": 1, "grace_s": 3, "seeds": [1], "fixed": [
+        *spec_text["fixed"], "train.save_steps=10"]}))  # a killed trial is queued again within seconds; one final seed
     args = [str(path), f"paths.runs_dir={runs}"]
     kill_during_the_first_trial(args, runs)
     out = run_cli(args, ROOT, timeout=2400, module="sft_lab.ablate")
