@@ -32,7 +32,8 @@ def ablation_table(spec: AblateSpec, runs_dir: str, arms: list[Arm], base: bool 
     # a base row only when every arm fine-tunes the same model (arms over model.* keys have no one base)
     one_model = all(runs[c].astype(str).nunique() <= 1 for c in runs.columns if c.startswith("model"))
     base_rows = ensure_base(df, runs_dir) if base and one_model else None
-    first = runs[runs["run_dir"].isin(arms[0].final_dirs)].iloc[0]
+    firsts = {str(Path(d)) for d in arms[0].final_dirs}
+    first = runs[runs["run_dir"].map(lambda d: str(Path(d)) in firsts)].iloc[0]
     ref = {k: str(first[k]) for k in spec.arms}
     return tbl.build(runs, list(spec.arms) + list(spec.tune), ref=ref, base=base_rows)
 
