@@ -33,7 +33,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     args = parse_args(argv)
-    import sft_lab.config  # noqa: F401  (the config schemas)
     from sft_lab.ablate import report
     from sft_lab.ablate.run import finals, queue, storage_url, tune
     from sft_lab.ablate.spec import arm_overrides, load_spec
