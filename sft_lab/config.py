@@ -175,6 +175,14 @@ class EvalConfig:
     # for every run), or all. Tuning reads dev, final results test (python -m sft_lab.ablate).
     split: Split = Split.all
     dev_fraction: float = 0.5  # the share of items in dev
+    # A learning curve of items: every `every` optimizer steps, or every `every_tokens` answer tokens trained
+    # (one of them; 0: off), the held-out loss (on train.eval_examples) and every_limit items of each of
+    # every_tasks (null: eval.tasks less the generative and held-out ones), on the run's eval.split. The
+    # record keeps it (train.eval_curve); the sweep's pruner reads its held-out loss.
+    every: int = 0
+    every_tokens: int = 0
+    every_tasks: Optional[List[str]] = None
+    every_limit: int = 50
 
 
 @dataclass
@@ -300,6 +308,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.optimizer=adamw_8bit needs the bitsandbytes package: pip install bitsandbytes")
     if (cfg.lora.use_dora or cfg.lora.use_rslora) and cfg.lora.r == 0:
         raise ConfigError("lora.use_dora / lora.use_rslora need a LoRA adapter (lora.r > 0)")
+    if (cfg.eval.every or cfg.eval.every_tokens) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("eval.every / eval.every_tokens run in one process; under torchrun use train.eval_steps "
+                          "(the held-out loss every K steps)")
     for key in ("eval_steps", "eval_examples"):
         if t[key] < 0:
             raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
@@ -444,6 +455,16 @@ def _validate_eval(ev: EvalConfig) -> None:
         raise ConfigError(f"eval.dev_fraction must be in (0, 1), got {ev.dev_fraction}")
     if ev.limit is not None and ev.limit <= 0:
         raise ConfigError(f"eval.limit must be > 0 or null, got {ev.limit}")
+    if ev.every < 0 or ev.every_tokens < 0 or ev.every_limit <= 0:
+        raise ConfigError(f"eval.every and eval.every_tokens must be >= 0 (0: off), eval.every_limit > 0; got "
+                          f"eval.every={ev.every}, eval.every_tokens={ev.every_tokens}, eval.every_limit={ev.every_limit}")
+    if ev.every and ev.every_tokens:
+        raise ConfigError(f"set one of eval.every (steps) and eval.every_tokens (answer tokens), not both; got "
+                          f"eval.every={ev.every} eval.every_tokens={ev.every_tokens}")
+    outside = [t for t in ev.every_tasks or [] if t not in tasks]
+    if outside:
+        raise ConfigError(f"eval.every_tasks: {outside} not in eval.tasks={list(tasks)}: the learning curve scores "
+                          "items of the run's own tasks")
     if ev.include_path and not Path(ev.include_path).is_dir():
         raise ConfigError(f"eval.include_path={ev.include_path!r} is not a folder")
     known = (shipped_task_names() | {f"{p}{s}" for s in heldout_sources() for p in (HELDOUT_PREFIX, GEN_PREFIX)}

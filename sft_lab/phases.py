@@ -237,8 +237,21 @@ def _fit(ctx: RunContext, inputs: Inputs, log_metrics: Callable) -> Fitted:
     log.info("Training %s: %s of %s parameters trainable", cfg.model.name, f"{params['trainable']:,}",
              f"{params['total']:,}")
     result = training.train(model, inputs.tokenizer, inputs.data, cfg.train, cfg.lr, cfg.seed, ctx.run_dir,
-                            log_metrics, ctx.on_eval)
+                            log_metrics, ctx.on_eval, _probe(cfg, inputs, ctx.run_dir))
     return Fitted(model, result=result, parameters=params)
+
+
+def _probe(cfg, inputs: Inputs, run_dir: Path):
+    """eval.every / eval.every_tokens: the learning curve's measurement (sft_lab.evaluate.curve_point)."""
+    if not (cfg.eval.every or cfg.eval.every_tokens):
+        return None
+    from sft_lab import evaluate as evaluation
+    from sft_lab.train import periodic_heldout
+    from sft_lab.trainer import Probe
+
+    heldout = periodic_heldout(inputs.data.heldout, cfg.train) if inputs.data is not None else None
+    return Probe(lambda model: evaluation.curve_point(model, inputs.tokenizer, cfg.eval, run_dir / "tasks", heldout),
+                 steps=cfg.eval.every, tokens=cfg.eval.every_tokens)
 
 
 def train(ctx: RunContext, inputs: Inputs, record: RunRecord, log_metrics: Callable) -> tuple[Any, bool]:

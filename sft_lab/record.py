@@ -41,7 +41,10 @@ ADDED_LATER = {("model", "attn_implementation"): "sdpa", ("model", "load_in_4bit
                ("train", "micro_batch_size"): None, ("lora", "use_dora"): False, ("lora", "use_rslora"): False,
                ("eval", "heldout"): "own", ("eval", "heldout_max_tokens"): None,
                ("eval", "max_gen_toks"): 256, ("eval", "gen_batch_size"): 32,
-               ("train", "max_tokens"): None, ("eval", "split"): "all", ("eval", "dev_fraction"): 0.5}
+               ("train", "max_tokens"): None, ("eval", "split"): "all", ("eval", "dev_fraction"): 0.5,
+               ("eval", "every"): 0, ("eval", "every_tokens"): 0, ("eval", "every_tasks"): None,
+               ("eval", "every_limit"): 50}
+CURVE_KEYS = ("every", "every_tokens", "every_tasks", "every_limit")  # nothing trained, no curve: not a base run's
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -60,6 +63,8 @@ def fingerprint(config: dict[str, Any]) -> str:
         if any(is_generative(t) for t in tasks):  # prompted through the template
             drop -= {"template"}
         semantic = {k: v for k, v in semantic.items() if k not in drop}
+        if isinstance(semantic.get("eval"), dict):
+            semantic["eval"] = {k: v for k, v in semantic["eval"].items() if k not in CURVE_KEYS}
     blob = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -89,8 +89,9 @@ def arguments(train_cfg, lr: float, seed: int, ckpt_dir: Path, rows: int, dtype,
 
 def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path,
           log_metrics: Callable[[dict, int], None] = lambda m, s: None,
-          on_eval: Optional[Callable[[float, int], bool]] = None) -> Trained:
-    """Train for train_cfg.max_steps or train_cfg.epochs (resuming from the last complete checkpoint), or until on_eval says stop."""
+          on_eval: Optional[Callable[[float, int], bool]] = None, probe=None) -> Trained:
+    """Train for train_cfg.max_steps, train_cfg.epochs or train_cfg.max_tokens (resuming from the last complete
+    checkpoint), or until on_eval says stop. `probe` (sft_lab.trainer.Probe): eval.every's learning curve."""
     import torch
 
     from sft_lab import cpu
@@ -109,7 +110,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=periodic_heldout(data.heldout, train_cfg),
         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[callback(log_metrics, on_eval, counts, budget)], counts=counts, fast_path=cpu.FastPath(),
+        callbacks=[callback(log_metrics, on_eval, counts, budget, probe)], counts=counts, fast_path=cpu.FastPath(),
         schedule_steps=budget.expected_steps if budget else None,
     )
     fast = cpu.resolve(train_cfg.get("fast_path", "auto"), list(train_cfg.get("fast_path_off") or []),
@@ -161,5 +162,6 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         # every eval_steps, on eval_examples of the split
         "heldout_curve": [{"step": h["step"], "answer_tokens": counts.at_step.get(h["step"]), "loss": h["eval_loss"]}
                           for h in trainer.state.log_history if "eval_loss" in h],
+        "eval_curve": counts.eval_curve or None,  # eval.every: held-out loss and items against answer tokens
     }
     return Trained(metrics, pruned=getattr(trainer.state, "stopped_by_caller", False), full_weights=full_weights)

@@ -39,6 +39,7 @@ class Counts:
         self.sources: dict[str, dict[str, int]] = {}
         self.padded_tokens = 0
         self.at_step: dict[int, int] = {}  # answer tokens trained after each step (all ranks)
+        self.eval_curve: list[dict] = []  # eval.every's points: step, answer tokens, held-out loss, items
         self.earlier_wall_s = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
         self.started = time.perf_counter()
 
@@ -66,6 +67,7 @@ class Counts:
         """All ranks' counts added up (a collective under torchrun: every rank calls it)."""
         out = Counts()
         out.earlier_wall_s, out.started, out.at_step = self.earlier_wall_s, self.started, self.at_step
+        out.eval_curve = self.eval_curve
         for sources, padded in distributed.gather((self.sources, self.padded_tokens)):
             out.add({"sources": sources, "padded_tokens": padded})
         return out
@@ -75,7 +77,8 @@ class Counts:
         total = self.merged()
         if distributed.is_main():
             atomic_write(folder / self.FILE, json.dumps({"sources": total.sources, "padded_tokens": total.padded_tokens,
-                                                         "wall_s": total.wall_s, "at_step": total.at_step}))
+                                                         "wall_s": total.wall_s, "at_step": total.at_step,
+                                                         "eval_curve": total.eval_curve}))
 
     def load(self, folder: Path) -> None:
         """Rank 0 carries the earlier attempts' totals; the other ranks count only what they train now."""
@@ -85,6 +88,7 @@ class Counts:
             self.sources, self.padded_tokens = saved["sources"], saved["padded_tokens"]
             self.earlier_wall_s = float(saved.get("wall_s", 0.0))
             self.at_step = {int(k): v for k, v in saved.get("at_step", {}).items()}
+            self.eval_curve = list(saved.get("eval_curve", []))
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Optional[str]:
@@ -234,17 +238,72 @@ class TokenBudget:
         return budget
 
 
+@dataclass
+class Probe:
+    """eval.every / eval.every_tokens: `measure(model)` -> {name: value} (held-out loss and items) every `steps`
+    optimizer steps or every `tokens` answer tokens; the training RNG is left as it was."""
+
+    measure: Callable[[object], dict[str, float]]
+    steps: int = 0
+    tokens: int = 0
+
+    def due(self, step: int, seen: int, last: Optional[dict]) -> bool:
+        if self.steps:
+            return step % self.steps == 0
+        done = (last or {}).get("answer_tokens", 0) // self.tokens
+        return seen // self.tokens > done
+
+
+class kept_rng:
+    """Python's, NumPy's and torch's random states, restored on exit: measuring mid-training changes no draw."""
+
+    def __enter__(self):
+        import random
+
+        import numpy as np
+
+        self.states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                       torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+    def __exit__(self, *exc):
+        import random
+
+        import numpy as np
+
+        py, npy, cpu, cuda = self.states
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def callback(log_metrics: Callable[[dict, int], None], on_eval: Optional[Callable[[float, int], bool]],
-             counts: Counts, budget: Optional[TokenBudget] = None):
+             counts: Counts, budget: Optional[TokenBudget] = None, probe: Optional[Probe] = None):
     class Callback(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             counts.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
             seen = counts.merged().answer_tokens if distributed.world_size() > 1 else counts.answer_tokens
             counts.at_step[state.global_step] = seen  # the learning curve's x: answer tokens trained
             if budget is not None and seen >= budget.max_tokens:
                 control.should_training_stop = True
+            if probe is not None and probe.due(state.global_step, seen, counts.eval_curve[-1] if counts.eval_curve else None):
+                self.measure(model, state, control, seen)
+
+        def measure(self, model, state, control, seen: int) -> None:
+            with kept_rng():
+                values = probe.measure(model)
+            model.train()
+            counts.eval_curve.append({"step": state.global_step, "answer_tokens": seen, **values})
+            log_metrics({f"curve/{k}": v for k, v in values.items()}, state.global_step)
+            log.info("step %d (%s answer tokens): %s", state.global_step, f"{seen:,}",
+                     ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            loss = values.get("heldout/loss")
+            if loss is not None and on_eval is not None and on_eval(loss, state.global_step):
+                control.should_training_stop = True
+                state.stopped_by_caller = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})

@@ -15,6 +15,10 @@ os.environ.setdefault("SFT_LAB_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Under pytest-xdist (-n N) the cores are split between the workers, and the subprocesses they start.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from sft_lab.config import compose  # noqa: E402,F401  (the tests compose the real config with it)
 
@@ -81,9 +85,23 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+# The slowest files first (measured: pytest --durations=0), so that xdist's workers (-n 2 --dist loadfile)
+# start them early and finish together.
+SLOWEST_FILES = ["test_significance.py", "test_sweep.py", "test_run.py", "test_safety.py", "test_ablate.py",
+                 "test_tables.py", "test_scoring.py", "test_generation_e2e.py", "test_smollm2.py",
+                 "test_distributed.py", "test_report.py", "test_knobs.py"]
+
+
+def _slowest_first(item) -> int:
+    name = item.path.name
+    return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA: skipped, and saying so, on a machine without it."""
+    """The slowest files first; `gpu` tests need CUDA: skipped, and saying so, on a machine without it."""
     import importlib.util
+
+    items.sort(key=_slowest_first)  # stable: a file's tests keep their order
 
     if importlib.util.find_spec("torch") is None:
         return

@@ -56,6 +56,32 @@ def test_dev_and_test_items_are_disjoint_and_recorded(tmp_path):
     assert len(items["dev"]) + len(items["test"]) == 200  # the toy task's items, all of them, once
 
 
+@pytest.mark.e2e
+def test_the_learning_curve_measures_items_without_changing_the_training_and_survives_a_kill(tmp_path):
+    from conftest import kill_after_first_checkpoint
+
+    args = [*TOY, "train.max_steps=30", "train.save_steps=10", "eval.tasks=[toy_first,heldout]"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    curve = ["eval.every=10", "eval.every_limit=30", f"paths.runs_dir={tmp_path / 'curve'}"]
+    assert kill_after_first_checkpoint("sft_lab.run", [*args, *curve], tmp_path / "curve", ROOT, env) != 0
+    out = run_cli([*args, *curve], ROOT)  # resumes from the checkpoint at step 10
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain = run_cli([*args, f"paths.runs_dir={tmp_path / 'plain'}"], ROOT)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    measured, unmeasured = record(only_run(tmp_path / "curve")), record(only_run(tmp_path / "plain"))
+    assert measured["attempts"] == 2 and measured["train"]["resumed_from"]
+    points = measured["train"]["eval_curve"]
+    assert [p["step"] for p in points] == [10, 20, 30]  # the killed attempt's points after step 10: not twice
+    assert all(set(p) == {"step", "answer_tokens", "heldout/loss", "toy_first/acc"} for p in points)
+    assert points[0]["answer_tokens"] < points[1]["answer_tokens"] < points[2]["answer_tokens"]
+    assert points[-1]["heldout/loss"] < points[0]["heldout/loss"]
+    # measuring draws nothing from the training's random streams: the same losses as a run without the curve
+    losses = lambda r: [c["loss"] for c in r["train"]["loss_curve"]]  # noqa: E731
+    assert losses(measured) == pytest.approx(losses(unmeasured), rel=1e-5)
+    assert measured["eval"]["toy_first"]["acc"]["value"] == pytest.approx(unmeasured["eval"]["toy_first"]["acc"]["value"])
+    assert unmeasured["train"]["eval_curve"] is None
+
+
 def trials_of(runs: Path, study: str):
     import optuna
 
@@ -127,3 +153,9 @@ def test_ablate_resumes_after_a_kill_and_reports_the_tuned_ranking_where_a_share
                  "Items: the test split", "## Cost"):
         assert text in report
     assert (folder / "tuning_curves.svg").is_file() and (folder / "learning_curves.svg").is_file()
+    for r in finals:  # the learning curve (curve: in the file): held-out loss and test items every 1,000 answer tokens
+        tokens = [p["answer_tokens"] for p in r["train"]["eval_curve"]]
+        assert len(tokens) == 3 and all(t >= 1000 * (i + 1) for i, t in enumerate(tokens))
+        assert all("toy_first/acc" in p and "heldout/loss" in p for p in r["train"]["eval_curve"])
+    learning = report[report.index("## Learning curves"):report.index("## Cost")]
+    assert "toy_first/acc" in learning and "heldout/loss" in learning

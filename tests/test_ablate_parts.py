@@ -78,6 +78,9 @@ def test_token_budget_steps_and_epochs():
     (["train.max_steps=null", "train.epochs=1", "train.max_tokens=1000"], "train.epochs=1.0, train.max_tokens=1000"),
     (["train.max_steps=null", "train.max_tokens=0"], "train.max_tokens must be > 0"),
     (["eval.dev_fraction=1.0"], "eval.dev_fraction must be in"),
+    (["eval.every=10", "eval.every_tokens=500"], "set one of eval.every .steps. and eval.every_tokens"),
+    (["eval.every=10", "eval.every_tasks=[toy_first]"], r"eval.every_tasks: \['toy_first'\] not in eval.tasks"),
+    (["eval.every=-1"], "eval.every and eval.every_tokens must be >= 0"),
 ])
 def test_budget_and_split_keys_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -105,6 +108,8 @@ objective: {metrics: [toy_first.acc], direction: maximize}
     ("arms: {lora.r: [4]}", "arms gives one arm"),
     ("trials: 0", "trials must be at least 1"),
     ("bogus: 1", "bogus"),
+    ("curve: {every_tokens: 500, tasks: [piqa]}\nfinal: [toy_first]", r"curve.tasks \['piqa'\] are not among the final"),
+    ("curve: {every_tokens: -5}", "curve.every_tokens must be >= 0"),
 ])
 def test_ablation_file_mistakes_get_one_clear_error(tmp_path, change, message):
     key = change.split(":")[0]
@@ -135,3 +140,59 @@ def test_a_table_refuses_runs_reported_on_the_items_they_were_tuned_on():
         tbl.build(runs, ["lora.r"])
     runs["eval.split"] = "test"
     assert "Items: the test split" in " ".join(tbl.build(runs, ["lora.r"]).legend)
+
+
+def test_the_learning_curve_is_due_every_k_steps_or_each_time_the_tokens_pass_a_multiple():
+    from sft_lab.trainer import Probe
+
+    by_steps = Probe(lambda m: {}, steps=10)
+    assert [s for s in range(1, 31) if by_steps.due(s, 0, None)] == [10, 20, 30]
+    by_tokens = Probe(lambda m: {}, tokens=1000)
+    points, last = [], None
+    for step, seen in enumerate([400, 900, 1300, 1700, 2600, 3100, 3200], start=1):
+        if by_tokens.due(step, seen, last):
+            last = {"answer_tokens": seen}
+            points.append(seen)
+    assert points == [1300, 2600, 3100]  # one point per multiple passed, even when a step passes two
+
+
+def test_measuring_mid_training_leaves_every_random_stream_as_it_was():
+    import random
+
+    import torch
+
+    from sft_lab.trainer import kept_rng
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with kept_rng():
+        random.random(), np.random.rand(3), torch.rand(5), torch.manual_seed(1234)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_curve_keys_leave_old_fingerprints_alone_and_a_base_run_ignores_them():
+    from sft_lab.record import fingerprint
+
+    plain = compose(["model=tiny"])
+    from sft_lab.config import to_container
+
+    fp = fingerprint(to_container(plain))
+    assert fingerprint(to_container(compose(["model=tiny", "eval.every=0", "eval.every_limit=50"]))) == fp
+    assert fingerprint(to_container(compose(["model=tiny", "eval.every=10"]))) != fp
+    base = lambda *o: fingerprint(to_container(compose(["model=tiny", "baseline=true", *o])))  # noqa: E731
+    assert base("eval.every=10") == base()
+
+
+def test_learning_curves_read_items_and_held_out_loss_per_metric():
+    runs = [[{"step": 5, "answer_tokens": 100, "heldout/loss": 2.0, "arc_easy/acc": 0.40},
+             {"step": 10, "answer_tokens": 210, "heldout/loss": 1.5, "arc_easy/acc": 0.50}],
+            [{"step": 5, "answer_tokens": 110, "heldout/loss": 2.2, "arc_easy/acc": 0.44},
+             {"step": 10, "answer_tokens": 200, "heldout/loss": 1.7, "arc_easy/acc": 0.52}]]
+    assert cv.curve_metrics(runs) == ["heldout/loss", "arc_easy/acc"]
+    acc = cv.learning_curve("a", runs, "arc_easy/acc")
+    assert acc.metric == "arc_easy/acc" and acc.seeds == 2
+    assert acc.tokens == [105, 205] and acc.mean == pytest.approx([0.42, 0.51])
+    # an older record: the held-out loss every train.eval_steps
+    old = cv.run_curve({"heldout_curve": [{"step": 10, "answer_tokens": 50, "loss": 3.0}]})
+    assert old == [{"step": 10, "answer_tokens": 50, "heldout/loss": 3.0}]

@@ -51,7 +51,9 @@ def write(spec: AblateSpec, runs_dir: str, arms: list[Arm], out: Path, base: boo
     tuning = cv.tuning_curves({a.label: a.values for a in arms}, higher, {a.label: a.pruned for a in arms})
     if any(c.curve for c in tuning):
         plots.tuning_curves(tuning, str(out / "tuning_curves.svg"), objective)
-    learning = [c for a in arms if (c := cv.learning_curve(a.label, [_heldout_curve(d) for d in a.final_dirs]))]
+    runs = {a.label: [_curve(d) for d in a.final_dirs] for a in arms}
+    metrics = cv.curve_metrics([c for cs in runs.values() for c in cs])
+    learning = [c for m in metrics for a in arms if (c := cv.learning_curve(a.label, runs[a.label], m))]
     if learning:
         plots.learning_curves(learning, str(out / "learning_curves.svg"))
     text = _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir)
@@ -61,9 +63,9 @@ def write(spec: AblateSpec, runs_dir: str, arms: list[Arm], out: Path, base: boo
     return path
 
 
-def _heldout_curve(run_dir: str) -> list[dict]:
+def _curve(run_dir: str) -> list[dict]:
     record = read_record(Path(run_dir))
-    return list(((record.train or {}) if record else {}).get("heldout_curve") or [])
+    return cv.run_curve((record.train or {}) if record else {})
 
 
 def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) -> str:
@@ -105,16 +107,25 @@ def _markdown(spec, arms, table, tuning, learning, higher, objective, runs_dir) 
     lines += [cv.ranking_sentence(tuning, higher), ""]
     lines += ["## Learning curves", ""]
     if learning:
-        lines += ["Held-out loss against the answer tokens trained, each arm's final runs: mean over seeds ± 95% CI.",
-                  "", "![learning curves](learning_curves.svg)", ""]
-        lines += ["| arm | " + "answer tokens → held-out loss |", "|---|---|"]
+        lines += ["Each arm's final runs during training, against the answer tokens trained (test items, "
+                  f"{_curve_source(spec)}): mean over seeds ± 95% CI.", "", "![learning curves](learning_curves.svg)", ""]
+        lines += ["| arm | metric | answer tokens → value |", "|---|---|---|"]
         for c in learning:
-            lines.append(f"| {c.arm} | " + ", ".join(f"{t:,.0f}: {m:.3f}" for t, m in zip(c.tokens, c.mean)) + " |")
+            lines.append(f"| {c.arm} | {c.metric} | " + ", ".join(f"{t:,.0f}: {m:.3f}" for t, m in zip(c.tokens, c.mean))
+                         + " |")
     else:
-        lines.append("No learning curve: the final runs recorded no periodic held-out loss (they need a held-out "
-                     "split, data.heldout_fraction > 0).")
+        lines.append("No learning curve: the final runs recorded no periodic held-out loss or items (they need a "
+                     "held-out split, data.heldout_fraction > 0, or curve.every_tokens).")
     lines += ["", "## Cost", "", _cost(arms)]
     return "\n".join(lines) + "\n"
+
+
+def _curve_source(spec) -> str:
+    c = spec.curve
+    if not c.every_tokens:
+        return f"the held-out loss every {spec.prune_every} steps"
+    tasks = f"{c.limit} items of {', '.join(c.tasks)}" if c.tasks else f"{c.limit} items of each final benchmark"
+    return f"every {c.every_tokens:,} answer tokens: the held-out loss and {tasks}"
 
 
 def _pruner(spec) -> str:

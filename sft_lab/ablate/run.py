@@ -115,6 +115,17 @@ def summarise(study, label: str, overrides: list[str], name: str) -> Arm:
     return arm
 
 
+def curve_overrides(spec: AblateSpec) -> list[str]:
+    """The final runs' learning curve: eval.every_tokens (held-out loss and items), or the held-out loss every
+    prune_every steps."""
+    c = spec.curve
+    if not c.every_tokens:
+        return [f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"]
+    tasks = [f"eval.every_tasks=[{','.join(c.tasks)}]"] if c.tasks is not None else []
+    return [f"eval.every_tokens={c.every_tokens}", f"eval.every_limit={c.limit}",
+            f"train.eval_examples={spec.prune_examples}", *tasks]
+
+
 def finals(spec: AblateSpec, arm: Arm, extra: list[str], study_name: str) -> None:
     """The arm's best configuration, once per final seed, on test items; finished runs are reused."""
     from sft_lab import pipeline
@@ -125,8 +136,7 @@ def finals(spec: AblateSpec, arm: Arm, extra: list[str], study_name: str) -> Non
     tasks = [f"eval.tasks=[{','.join(spec.final)}]"] if spec.final else []
     for seed in spec.seeds:
         overrides = [*spec.fixed, *arm.overrides, *tuned, *extra, *tasks, *spec.final_overrides, f"seed={seed}",
-                     "eval.split=test",
-                     f"train.eval_steps={spec.prune_every}", f"train.eval_examples={spec.prune_examples}"]
+                     "eval.split=test", *curve_overrides(spec)]
         cfg = compose(overrides)
         expand_heldout(cfg.eval)
         run_dir = rec.run_dir_for(cfg.paths.runs_dir, rec.fingerprint(to_container(cfg)))

@@ -29,6 +29,16 @@ class AblateError(UserError):
 
 
 @dataclass
+class CurveSpec:
+    """The final runs' learning curve: every `every_tokens` answer tokens, the held-out loss and `limit` test
+    items of each of `tasks` (null: the final benchmarks); 0: the held-out loss every prune_every steps."""
+
+    every_tokens: int = 0
+    tasks: Optional[List[str]] = None
+    limit: int = 50
+
+
+@dataclass
 class AblateSpec:
     study_name: str = MISSING
     arms: Dict[str, List[Any]] = field(default_factory=dict)  # factor -> levels; the arms are their grid
@@ -44,6 +54,7 @@ class AblateSpec:
     pruner: Dict[str, Any] = field(default_factory=dict)  # as a sweep's (median by default)
     prune_every: int = 10  # steps between held-out losses: the pruner's signal and the learning curve's points
     prune_examples: int = 32
+    curve: CurveSpec = field(default_factory=CurveSpec)
     storage: Optional[str] = None  # default: sqlite:///<runs_dir>/optuna.db
     heartbeat_s: int = 10
     grace_s: int = 60
@@ -114,6 +125,12 @@ def check(spec: AblateSpec, path: str = "the ablation file") -> None:
                           "best configuration with fresh seeds (e.g. tuning_seeds: [0], seeds: [1, 2, 3])")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise AblateError(f"{path}: seeds {spec.seeds} repeats a seed")
+    if spec.curve.every_tokens < 0 or spec.curve.limit < 1:
+        raise AblateError(f"{path}: curve.every_tokens must be >= 0 (0: the held-out loss every prune_every steps) and "
+                          f"curve.limit >= 1; got every_tokens={spec.curve.every_tokens}, limit={spec.curve.limit}")
+    outside = [t for t in spec.curve.tasks or [] if spec.final and t not in spec.final]
+    if outside:
+        raise AblateError(f"{path}: curve.tasks {outside} are not among the final tasks {spec.final}")
     for name in spec.objective.metrics:
         if name.startswith("heldout.loss"):
             raise AblateError(f"{path}: objective {name} reads the held-out examples, which eval.split does not "

@@ -4,8 +4,9 @@ Tuning curve (Dodge et al. 2019, "Show Your Work", arXiv 1909.03004): the expect
 trials drawn from an arm's finished trials, for t = 1..N, computed from those N trials without running
 more. With the N scores sorted worst to best, v(1..N), E[max of t] = Σ_i v(i) · ((i/N)^t − ((i−1)/N)^t).
 
-Learning curve: the held-out loss against the answer tokens trained, per arm, mean over its final seeds
-± a 95% t-interval (`train.heldout_curve` in each run's record).
+Learning curve: a metric against the answer tokens trained, per arm, mean over its final seeds ± a 95%
+t-interval: the held-out loss and items of eval.every (`train.eval_curve` in each run's record), or the
+held-out loss every train.eval_steps (`train.heldout_curve`).
 """
 
 from __future__ import annotations
@@ -83,16 +84,31 @@ def ranking_sentence(curves: list[TuningCurve], higher_is_better: bool) -> str:
 @dataclass
 class LearningCurve:
     arm: str
+    metric: str  # heldout/loss, or task/metric
     tokens: list[float]  # mean answer tokens trained at each evaluation
     mean: list[float]
     half: list[Optional[float]]  # 95% t half-width over seeds (None with one seed)
     seeds: int
 
 
-def learning_curve(arm: str, curves: list[list[dict]]) -> Optional[LearningCurve]:
-    """One arm's curve from its runs' `heldout_curve`s (points matched by their order)."""
+def run_curve(train: dict) -> list[dict]:
+    """A run's learning curve: points of {step, answer_tokens, metric: value}."""
+    if train.get("eval_curve"):
+        return list(train["eval_curve"])
+    return [{"step": h["step"], "answer_tokens": h.get("answer_tokens"), "heldout/loss": h["loss"]}
+            for h in train.get("heldout_curve") or []]
+
+
+def curve_metrics(curves: list[list[dict]]) -> list[str]:
+    """The metrics the runs' curves hold, in their order."""
+    return list(dict.fromkeys(k for c in curves for p in c for k in p if k not in ("step", "answer_tokens")))
+
+
+def learning_curve(arm: str, curves: list[list[dict]], metric: str = "heldout/loss") -> Optional[LearningCurve]:
+    """One arm's curve of `metric` from its runs' curves (points matched by their order)."""
     from scipy import stats as st
 
+    curves = [[p for p in c if p.get(metric) is not None] for c in curves]
     curves = [c for c in curves if c]
     if not curves:
         return None
@@ -100,8 +116,8 @@ def learning_curve(arm: str, curves: list[list[dict]]) -> Optional[LearningCurve
     tokens, mean, half = [], [], []
     for j in range(n):
         xs = [c[j].get("answer_tokens") for c in curves]
-        ys = np.array([c[j]["loss"] for c in curves], float)
+        ys = np.array([c[j][metric] for c in curves], float)
         tokens.append(float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else math.nan)
         mean.append(float(ys.mean()))
         half.append(float(st.t.ppf(0.975, len(ys) - 1) * ys.std(ddof=1) / math.sqrt(len(ys))) if len(ys) > 1 else None)
-    return LearningCurve(arm, tokens, mean, half, len(curves))
+    return LearningCurve(arm, metric, tokens, mean, half, len(curves))

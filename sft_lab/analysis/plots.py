@@ -201,16 +201,19 @@ def tuning_curves(curves, out: str, objective: str):
 
 
 def learning_curves(curves, out: str):
-    """Held-out loss against answer tokens trained, per arm: mean over seeds ± 95% CI."""
+    """Each metric against answer tokens trained, one panel per metric, per arm: mean over seeds ± 95% CI."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    metrics = list(dict.fromkeys(c.metric for c in curves))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for i, c in enumerate(curves):
-        half = [h if h is not None else 0.0 for h in c.half]
-        ax.errorbar(c.tokens, c.mean, yerr=half, fmt="o-", capsize=3, color=colours(i % 10),
-                    label=f"{c.arm} (n={c.seeds})")
-    ax.set_xlabel("answer tokens trained")
-    ax.set_ylabel("held-out loss (per answer token)")
-    ax.set_title("learning curves: mean over seeds ± 95% CI", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    arms = list(dict.fromkeys(c.arm for c in curves))
+    for ax, metric in zip(axes[0], metrics):
+        for c in (c for c in curves if c.metric == metric):
+            half = [h if h is not None else 0.0 for h in c.half]
+            ax.errorbar(c.tokens, c.mean, yerr=half, fmt="o-", capsize=3, color=colours(arms.index(c.arm) % 10),
+                        label=f"{c.arm} (n={c.seeds})")
+        ax.set_xlabel("answer tokens trained")
+        ax.set_ylabel("held-out loss (per answer token)" if metric == "heldout/loss" else _column_title(metric))
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("learning curves: mean over seeds ± 95% CI", fontsize=9)
     return _save(fig, out)

@@ -118,6 +118,33 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
     return metrics, protocol, warnings
 
 
+def curve_tasks(eval_cfg) -> list[str]:
+    """eval.every_tasks, or the run's benchmarks: eval.tasks less the generative and held-out ones."""
+    if eval_cfg.get("every_tasks") is not None:
+        return list(eval_cfg.every_tasks)
+    return [t for t in eval_cfg.tasks if not is_generative(t) and t != "heldout" and not t.startswith(HELDOUT_PREFIX)]
+
+
+def curve_point(model, tokenizer, eval_cfg, tasks_dir: Path, heldout: Optional[list]) -> dict[str, float]:
+    """One point of eval.every's learning curve: the held-out loss and eval.every_limit items of each curve
+    task (on eval.split), for the model as it is mid-training. lm-eval's files go to a temporary folder."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    point = {}
+    if heldout:
+        point["heldout/loss"] = heldout_loss(model, heldout, tokenizer.pad_token_id)
+    tasks = curve_tasks(eval_cfg)
+    if tasks:
+        cfg = OmegaConf.merge(eval_cfg, {"tasks": tasks, "limit": eval_cfg.every_limit, "log_samples": False,
+                                         "include_path": eval_cfg.include_path})
+        with tempfile.TemporaryDirectory(prefix="sft-lab-curve-") as tmp:
+            metrics, _, _ = evaluate(model, tokenizer, cfg, tasks_dir, Path(tmp))
+        point.update({f"{t}/{m}": v["value"] for t, ms in metrics.items() for m, v in ms.items()})
+    return point
+
+
 def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batch: int = 1024) -> float:
     """Mean cross-entropy per answer token over the tokenised held-out examples (as trained: same
     template, same mask), in batches of similar length; the LM head runs on the answer tokens only."""
