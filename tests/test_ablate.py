@@ -60,7 +60,8 @@ def test_dev_and_test_items_are_disjoint_and_recorded(tmp_path):
 def test_the_learning_curve_measures_items_without_changing_the_training_and_survives_a_kill(tmp_path):
     from conftest import kill_after_first_checkpoint
 
-    args = [*TOY, "train.max_steps=30", "train.save_steps=10", "eval.tasks=[toy_first,heldout]"]
+    args = [*TOY, "train.max_steps=30", "train.save_steps=10", "train.logging_steps=1",
+            "eval.tasks=[toy_first,heldout]"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     curve = ["eval.every=10", "eval.every_limit=30", f"paths.runs_dir={tmp_path / 'curve'}"]
     assert kill_after_first_checkpoint("sft_lab.run", [*args, *curve], tmp_path / "curve", ROOT, env) != 0
