@@ -493,5 +493,9 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
 
 
+if not OmegaConf.has_resolver("sft_pool_size"):  # hydra/launcher=gpus: one job per device
+    from sft_lab.devices import pool_size
+
+    OmegaConf.register_new_resolver("sft_pool_size", pool_size)
 if not OmegaConf.has_resolver("sft_cache_dir"):
     OmegaConf.register_new_resolver("sft_cache_dir", default_cache_dir)

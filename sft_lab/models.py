@@ -104,11 +104,29 @@ def load_tokenizer(model_cfg, cache_dir: str):
 
 
 def load_model(model_cfg, tokenizer, cache_dir: str, seed: int):
-    """The base model on the right device and dtype (not yet wrapped in LoRA)."""
+    """The base model on the right device and dtype (not yet wrapped in LoRA). In a resident worker of the gpus
+    launcher it is loaded once and copied for each job (sft_lab.devices)."""
+    import json
+
+    from sft_lab import devices
+
+    device, dtype = pick_device_and_dtype(model_cfg.dtype)
+    if model_cfg.load_in_4bit:  # QLoRA: NF4 weights, compute in the run's dtype, placed by bitsandbytes
+        return _load(model_cfg, tokenizer, cache_dir, seed, dtype, device)
+    random = model_cfg.init == "random"
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
+    key = json.dumps([spec, str(dtype), seed if random else None, len(tokenizer)], sort_keys=True, default=str)
+    model = devices.resident_copy(key, lambda: _load(model_cfg, tokenizer, cache_dir, seed, dtype), random)
+    return model.to(device)
+
+
+def _load(model_cfg, tokenizer, cache_dir: str, seed: int, dtype, device=None):
+    """The model in `dtype` on the host, or, 4-bit, placed on `device` by bitsandbytes."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    device, dtype = pick_device_and_dtype(model_cfg.dtype)
     if model_cfg.init == "random":
         torch.manual_seed(seed)
         config = LlamaConfig(
@@ -117,29 +135,25 @@ def load_model(model_cfg, tokenizer, cache_dir: str, seed: int):
             pad_token_id=tokenizer.pad_token_id, attn_implementation=model_cfg.attn_implementation,
             **dict(model_cfg.arch),
         )
-        model = LlamaForCausalLM(config).to(dtype)
-    else:
-        source = local_path(model_cfg.name_or_path, cache_dir)
-        quantized = {}
-        if model_cfg.load_in_4bit:  # QLoRA: NF4 weights, compute in the run's dtype, placed by bitsandbytes
-            from transformers import BitsAndBytesConfig
+        return LlamaForCausalLM(config).to(dtype)
+    source = local_path(model_cfg.name_or_path, cache_dir)
+    quantized = {}
+    if model_cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
 
-            quantized = {"quantization_config": BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True), "device_map": {"": device}}
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
-                attn_implementation=model_cfg.attn_implementation, **quantized,
-            )
-        except OSError as e:
-            raise ModelError(
-                f"model.name_or_path={model_cfg.name_or_path!r}: no model there ({e}). "
-                "Offline, use a local folder or a pkg:// GGUF file."
-            ) from e
-        if quantized:
-            return model
-    return model.to(device)
+        quantized = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True), "device_map": {"": device}}
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code,
+            attn_implementation=model_cfg.attn_implementation, **quantized,
+        )
+    except OSError as e:
+        raise ModelError(
+            f"model.name_or_path={model_cfg.name_or_path!r}: no model there ({e}). "
+            "Offline, use a local folder or a pkg:// GGUF file."
+        ) from e
 
 
 def add_lora(model, lora_cfg):

@@ -237,7 +237,7 @@ def environment(device: str | None = None) -> dict[str, Any]:
             versions[pkg] = None
     return {
         **git_state(), "packages": versions, "python": platform.python_version(), "device": device,
-        "host": socket.gethostname(), "pid": os.getpid(),
+        "host": socket.gethostname(), "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 

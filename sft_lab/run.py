@@ -83,8 +83,10 @@ def refuse_grids_under_torchrun() -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from sft_lab import devices
     from sft_lab.pipeline import run
 
+    devices.claim()  # hydra/launcher=gpus: this worker's device, before anything starts CUDA
     share_cores_with_parallel_jobs()
     try:
         refuse_grids_under_torchrun()
