@@ -117,7 +117,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
                        args.device.type, distributed.world_size(), trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled,
                        micro, trainer.accelerator.unwrap_model(model))
     trainer.fast_path = fast  # resolved once the Trainer's accelerator knows whether the model is sharded
-    quiet_progress(trainer)
+    quiet_progress(trainer, budget.expected_steps if budget else None)
     resume = last_complete_checkpoint(ckpt_dir)
     if resume:
         log.info("Resuming from checkpoint %s", resume)

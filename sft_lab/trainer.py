@@ -194,10 +194,18 @@ def log_line(logs: dict) -> str:
     return ", ".join(fmt.format(logs[k]) for k, fmt in LOG_KEYS.items() if isinstance(logs.get(k), (int, float)))
 
 
-def quiet_progress(trainer) -> None:
-    """Keep transformers' progress bar, drop its printed dicts of strings: our callback logs numbers."""
+def quiet_progress(trainer, expected_steps: Optional[int] = None) -> None:
+    """Keep transformers' progress bar, drop its printed dicts of strings: our callback logs numbers. Under a
+    token budget the bar counts to the steps the budget is expected to take (the Trainer's own total is the
+    epochs' worth it is given)."""
 
     class Progress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            super().on_train_begin(args, state, control, **kwargs)
+            if expected_steps and getattr(self, "training_bar", None) is not None:
+                self.training_bar.total = expected_steps
+                self.training_bar.refresh()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
 
