@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -146,6 +147,10 @@ class TrainConfig:
     # within float rounding either way, so neither key is part of the run's fingerprint.
     fast_path: FastPathMode = FastPathMode.auto
     fast_path_off: List[str] = field(default_factory=list)  # parts left out: label_positions, passes, unpadded, fused
+    # GPU kernels: Liger's (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE; needs CUDA and liger-kernel) and
+    # torch.compile (on CPU only with train.fast_path=off). How, not what: neither is in the fingerprint.
+    liger: bool = False
+    torch_compile: bool = False
 
 
 @dataclass
@@ -314,6 +319,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("eval_steps", "eval_examples"):
         if t[key] < 0:
             raise ConfigError(f"train.{key} must be >= 0 (0: off / all), got train.{key}={t[key]}")
+    _check_kernels(t)
     from sft_lab.cpu import PARTS
 
     for part in t.fast_path_off:
@@ -325,6 +331,28 @@ def validate(cfg: DictConfig) -> None:
     _validate_eval(cfg.eval)
 
 
+
+
+def _check_kernels(t: TrainConfig) -> None:
+    """train.liger and train.torch_compile, refused where they cannot run."""
+    if not (t.liger or t.torch_compile):
+        return
+    import torch
+
+    if t.liger and not torch.cuda.is_available():
+        raise ConfigError("train.liger=true needs a CUDA GPU: Liger's kernels are Triton kernels. On CPU the fast "
+                          "path (train.fast_path=auto) already takes the loss on answer positions only")
+    if t.liger and importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("train.liger=true needs the liger-kernel package: pip install liger-kernel")
+    if t.torch_compile:
+        from torch._dynamo import is_dynamo_supported
+
+        if not is_dynamo_supported():
+            raise ConfigError(f"train.torch_compile=true: torch.compile does not run on this Python "
+                              f"({sys.version.split()[0]}) with torch {torch.__version__}")
+        if not torch.cuda.is_available() and t.fast_path != "off":
+            raise ConfigError("train.torch_compile=true on CPU: the CPU fast path runs the model in its own passes, "
+                              "which compile cannot trace; set train.fast_path=off with it, or drop it")
 
 
 def _check_installed(model: ModelConfig) -> None:

@@ -27,7 +27,8 @@ from sft_lab.tasks import is_generative, is_heldout
 # Keys that say where or how to log, not what is trained or measured.
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
 # Keys that say how a result is computed, not what it is (the same within float rounding).
-HOW_NOT_WHAT = {("train", "fast_path"), ("train", "fast_path_off"), ("eval", "scorer")}
+HOW_NOT_WHAT = {("train", "fast_path"), ("train", "fast_path_off"), ("eval", "scorer"), ("train", "liger"),
+               ("train", "torch_compile")}
 RECORD = "record.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-core", "omegaconf", "wandb", "optuna")
 

@@ -83,6 +83,8 @@ def arguments(train_cfg, lr: float, seed: int, ckpt_dir: Path, rows: int, dtype,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
+        use_liger_kernel=bool(train_cfg.get("liger", False)),  # checked: CUDA and liger-kernel (sft_lab.config)
+        torch_compile=bool(train_cfg.get("torch_compile", False)),
         disable_tqdm=False,
     )
 

@@ -225,3 +225,19 @@ def test_a_choice_outside_its_list_is_refused_when_the_config_composes(override,
         compose([override])
     said = str(e.value) + str(e.value.__cause__)
     assert f"full_key: {key}" in said and f"expected one of [{choices}]" in said, said
+
+
+def test_gpu_kernels_are_refused_where_they_cannot_run_and_leave_the_fingerprint_alone():
+    import torch
+
+    from sft_lab.config import ConfigError, to_container, validate
+    from sft_lab.record import fingerprint
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.liger=true needs a CUDA GPU"):
+            validate(compose(["train.liger=true"]))
+        with pytest.raises(ConfigError, match="set train.fast_path=off with it"):
+            validate(compose(["train.torch_compile=true"]))
+    validate(compose(["train.torch_compile=true", "train.fast_path=off"]))
+    plain = fingerprint(to_container(compose([])))
+    assert fingerprint(to_container(compose(["train.torch_compile=true", "train.liger=true"]))) == plain
