@@ -87,9 +87,10 @@ def data_dir() -> Path:
 
 # The slowest files first (measured: pytest --durations=0), so that xdist's workers (-n 2 --dist loadfile)
 # start them early and finish together.
-SLOWEST_FILES = ["test_significance.py", "test_sweep.py", "test_run.py", "test_safety.py", "test_ablate.py",
-                 "test_tables.py", "test_scoring.py", "test_generation_e2e.py", "test_smollm2.py",
-                 "test_distributed.py", "test_report.py", "test_knobs.py"]
+SLOWEST_FILES = ["test_run.py", "test_ablate.py", "test_significance.py", "test_sweep.py", "test_safety.py",
+                 "test_distributed.py", "test_generation_e2e.py", "test_smollm2.py", "test_report.py",
+                 "test_devices.py", "test_tables.py", "test_scoring.py", "test_reliability.py", "test_knobs.py",
+                 "test_tracking.py", "test_export.py"]
 
 
 def _slowest_first(item) -> int:
