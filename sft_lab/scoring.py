@@ -17,12 +17,19 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-# A batch holds eval.batch_size x this many tokens. On 2 CPU cores (SmolLM2 + LoRA, ARC-Easy and PIQA)
-# 40 ran 1.18x lm-eval's hf, 80 1.11x, 256 0.84x: big batches spill the caches. Raise eval.batch_size on GPUs.
-TOKENS_PER_ROW = 40
+# A batch holds eval.batch_size x this many tokens, by device. On 2 CPU cores (SmolLM2 + LoRA, ARC-Easy and
+# PIQA) 40 ran 1.18x lm-eval's hf, 80 1.11x, 256 0.84x: big batches spill the caches. On a GPU a batch of
+# rows fills the device instead (512 a row: not yet measured on a GPU).
+TOKENS_PER_ROW = {"cpu": 40, "cuda": 512}
+
+
+def tokens_per_row(device) -> int:
+    return TOKENS_PER_ROW.get(torch.device(device).type, TOKENS_PER_ROW["cuda"])
 
 
 class ContinuationLM(HFLM):
+    row_tokens: int | None = None  # tokens a row in a batch's budget; None: by device (TOKENS_PER_ROW)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         results: list = [None] * len(requests)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
@@ -40,7 +47,8 @@ class ContinuationLM(HFLM):
 
     def _score_batched(self, requests, override_bs, results: list, pbar) -> None:
         """Rows (a shared context with its continuations, or one request) batched by tokens, the longest first."""
-        budget = int(override_bs or self.batch_size if str(self.batch_size) != "auto" else 16) * TOKENS_PER_ROW
+        rows_per_batch = int(override_bs or self.batch_size if str(self.batch_size) != "auto" else 16)
+        budget = rows_per_batch * (self.row_tokens or tokens_per_row(self.device))
         rows = sorted(score_rows(requests, self.max_length), key=lambda r: -len(r.tokens))
         head = self.model.get_output_embeddings()
         dtype = next(self.model.parameters()).dtype
@@ -56,8 +64,8 @@ class ContinuationLM(HFLM):
                 logprobs = torch.log_softmax(head(torch.cat([hidden[r, where] for _, r, where in scored])
                                                   .to(head.weight.dtype)).float(), dim=-1)
                 target = torch.tensor([t for i, _, _ in scored for t in requests[i][2]], device=logprobs.device)
-                scores = logprobs.gather(1, target[:, None]).squeeze(1)
-                greedy = logprobs.argmax(-1) == target
+                scores = logprobs.gather(1, target[:, None]).squeeze(1).cpu()  # to the host once a batch
+                greedy = (logprobs.argmax(-1) == target).cpu()
             offset = 0
             for i, _, where in scored:
                 self._finish(requests, i, scores[offset:offset + len(where)], greedy[offset:offset + len(where)],

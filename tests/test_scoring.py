@@ -6,18 +6,20 @@ import pytest
 from conftest import compose
 
 
-def per_item(model, tokenizer, cls, tasks_dir, limit):
+def per_item(model, tokenizer, cls, tasks_dir, limit, row_tokens=None):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=8)
+    if row_tokens:
+        lm.row_tokens = row_tokens
     out = lm_eval.simple_evaluate(model=lm, tasks=["arc_easy", "piqa"], limit=limit, log_samples=True,
                                   task_manager=TaskManager(include_path=[str(tasks_dir)], include_defaults=False),
                                   bootstrap_iters=0)
     return {t: [[r[0] for r in s["resps"]] for s in rows] for t, rows in out["samples"].items()}, out["results"]
 
 
-def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = False) -> None:
+def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = False, row_tokens=None) -> None:
     """adapter: lm-eval's hf scores base + a trained-like LoRA adapter; sft-lab scores what its pipeline
     evaluates, the adapter folded into the weights."""
     import copy
@@ -43,7 +45,7 @@ def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = Fals
         assert not any("lora" in n for n, _ in ours.named_modules())
     write_tasks(tmp_path, cfg.paths.data_dir, [])
     want, want_results = per_item(model, tokenizer, HFLM, tmp_path, limit)
-    got, got_results = per_item(ours, tokenizer, ContinuationLM, tmp_path, limit)
+    got, got_results = per_item(ours, tokenizer, ContinuationLM, tmp_path, limit, row_tokens)
     if adapter:  # the adapter moved the scores, so the comparison is not of the base model twice
         base, _ = per_item(load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval(), tokenizer, ContinuationLM,
                            tmp_path, limit)
@@ -57,8 +59,9 @@ def check_against_hf(model_name: str, tmp_path, limit: int, adapter: bool = Fals
 
 
 @pytest.mark.slow  # runs lm-eval: the quick tier runs none
-def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path):
-    check_against_hf("tiny", tmp_path, limit=20)
+@pytest.mark.parametrize("row_tokens", [None, 8, 512])  # the CPU budget, one row a batch, a GPU-sized batch
+def test_continuation_scoring_matches_lm_eval_hf_on_the_tiny_model(tmp_path, row_tokens):
+    check_against_hf("tiny", tmp_path, limit=20, row_tokens=row_tokens)
 
 
 @pytest.mark.slow
