@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from sft_lab.ablate.run import finals, queue, storage_url, tune
     from sft_lab.ablate.spec import arm_overrides, load_spec
     from sft_lab.config import compose
+    from sft_lab.sweep.cli import interrupted
     from sft_lab.sweep.worker import quiet_optuna
 
     quiet_optuna()
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted("ablation")
     print(path.read_text())
     print(f"wrote {path}", file=sys.stderr)
     return 0

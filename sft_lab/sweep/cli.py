@@ -103,6 +103,14 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_intermixed_args(argv)
 
 
+def interrupted(what: str) -> int:
+    """Ctrl-C or SIGTERM: say what is kept and how to go on, without a traceback; the exit status 130."""
+    print(f"interrupted: the {what}'s finished trials and runs are kept, a killed run keeps its last checkpoint; "
+          "run the same command again to resume (a trial cut off is run again once its heartbeat is grace_s old)",
+          file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     args = parse_args(argv)
@@ -133,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.workers == 1:
-        worker(spec, storage_url, name, args.overrides, procs)
-    elif args.workers > 1:
-        codes = start_local(layout, args.sweep_file, storage_url, name, args.overrides, procs)
-        if any(codes):
-            log.warning("worker exit codes: %s", codes)
+    try:
+        if args.workers == 1:
+            worker(spec, storage_url, name, args.overrides, procs)
+        elif args.workers > 1:
+            codes = start_local(layout, args.sweep_file, storage_url, name, args.overrides, procs)
+            if any(codes):
+                log.warning("worker exit codes: %s", codes)
+    except KeyboardInterrupt:
+        return interrupted("sweep")
     print(summary(study))
     hint = unfinished(study, storage_url)
     if hint:
