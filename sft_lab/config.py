@@ -151,6 +151,10 @@ class TrainConfig:
     # torch.compile (on CPU only with train.fast_path=off). How, not what: neither is in the fingerprint.
     liger: bool = False
     torch_compile: bool = False
+    # On a GPU, each batch's examples end to end in one row (position ids restart; SDPA or flash attention's
+    # varlen keep them apart): no padding, the same loss (sft_lab.tokens.Collator.flat). On CPU the fast path's
+    # unpadded passes do this.
+    padding_free: bool = True
 
 
 @dataclass

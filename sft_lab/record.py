@@ -28,7 +28,7 @@ from sft_lab.tasks import is_generative, is_heldout
 NOT_FINGERPRINTED = ("paths", "tracking", "force")
 # Keys that say how a result is computed, not what it is (the same within float rounding).
 HOW_NOT_WHAT = {("train", "fast_path"), ("train", "fast_path_off"), ("eval", "scorer"), ("train", "liger"),
-               ("train", "torch_compile")}
+               ("train", "torch_compile"), ("train", "padding_free")}
 RECORD = "record.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "lm_eval", "hydra-core", "omegaconf", "wandb", "optuna")
 

@@ -193,12 +193,14 @@ class Collator:
     which the trainer adds up for the batches it actually trains on.
     """
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, flatten: bool = False):
+        self.pad_token_id, self.flatten = pad_token_id, flatten
 
     def __call__(self, batch: list[dict]):
         import torch
 
+        if self.flatten:
+            return self.flat(batch)
         width = max(len(row["input_ids"]) for row in batch)
         ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -230,3 +232,30 @@ class Collator:
             additive = torch.zeros(keep.shape, dtype=torch.float32).masked_fill(~keep, torch.finfo(torch.float32).min)
             out.update(attention_mask=additive[:, None], position_ids=positions)
         return out
+
+    def flat(self, batch: list[dict]) -> dict:
+        """Padding-free (train.padding_free, on a GPU): every example of the batch, packed rows' too, end to end in
+        one row with restarting position ids, no attention mask and no cache. transformers finds the examples from the
+        position ids (a block-diagonal causal mask for SDPA, varlen for flash attention); each example's first
+        label is dropped, as it would be predicted from the example before."""
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        counts: dict[str, dict[str, int]] = {}
+        for row in batch:
+            n, start = len(row["input_ids"]), 0
+            for length, source in zip(row.get("lengths", [n]), row.get("sources", [row.get("source", "?")])):
+                part = list(row["labels"][start:start + length])
+                c = counts.setdefault(source, {"examples": 0, "tokens": 0, "label_tokens": 0})
+                c["examples"] += 1
+                c["tokens"] += length
+                c["label_tokens"] += sum(l != IGNORE for l in part)
+                ids += row["input_ids"][start:start + length]
+                labels += [IGNORE, *part[1:]]
+                positions += range(length)
+                start += length
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "counts": {"sources": counts, "padded_tokens": len(ids)},
+                "use_cache": False}  # with a cache, transformers does not look for the examples in the position ids

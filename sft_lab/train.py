@@ -109,9 +109,10 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
     args = arguments(train_cfg, lr, seed, ckpt_dir, micro or train_cfg.batch_size, param.dtype, bool(data.heldout),
                      budget.epochs if budget else None)
     counts = Counts()
+    flat = args.device.type == "cuda" and bool(train_cfg.get("padding_free", True))  # CPU: the fast path's passes
     trainer = CountingTrainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=periodic_heldout(data.heldout, train_cfg),
-        data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=Collator(tokenizer.pad_token_id, flatten=flat), processing_class=tokenizer,
         callbacks=[callback(log_metrics, on_eval, counts, budget, probe)], counts=counts, fast_path=cpu.FastPath(),
         schedule_steps=budget.expected_steps if budget else None,
     )
@@ -151,6 +152,7 @@ def train(model, tokenizer, data, train_cfg, lr: float, seed: int, run_dir: Path
         "wall_s": round(wall, 2),
         "tokens_per_s": round(counts.real_tokens / wall, 1) if wall > 0 else None,
         "micro_batch_size": micro,
+        "padding_free": flat,  # a GPU batch's examples end to end in one row (train.padding_free)
         "pass_tokens": PASS_TOKENS if fast.passes else None,
         "fast_path": fast.record(),  # which CPU optimisations ran, and why the others did not (sft_lab.cpu)
         "padded_tokens": counts.padded_tokens,

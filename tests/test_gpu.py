@@ -23,6 +23,7 @@ def test_a_bf16_run_on_one_gpu_trains_evaluates_and_records_its_device(tmp_path)
     assert not any(fast[p] for p in ("label_positions", "passes", "unpadded", "fused"))
     assert "on cuda" in fast["why_not"]["label_positions"]
     assert rec["train"]["final_loss"] < rec["train"]["first_loss"] and rec["train"]["peak_gpu_mb"] > 0
+    assert rec["train"]["padding_free"] and rec["train"]["padding_fraction"] == 0  # train.padding_free
     assert 0 <= rec["eval"]["arc_easy"]["acc"]["value"] <= 1
 
 

@@ -100,3 +100,64 @@ def test_the_rows_attention_refuses_a_forward_that_was_not_laid_out():
     with unpadded.rows_attention(model), pytest.raises(RuntimeError, match="laid out"):
         model(**inputs)
     assert model.config._attn_implementation == "sdpa"  # restored
+
+
+def test_a_flattened_batch_trains_as_the_padded_batch_in_the_models_own_loss():
+    """train.padding_free (the GPU path): the collator lays the batch's examples end to end, position ids
+    restarting, no mask; the model's own loss and the LoRA gradients match the padded batch's."""
+    from sft_lab.tokens import Collator
+
+    model = tiny_lora_model()
+    torch.manual_seed(3)
+    rows = []
+    for n in (23, 9, 17, 4):
+        ids = torch.randint(1, 1000, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * 2 + ids[2:], "source": "s"})
+    rows.append({"input_ids": rows[0]["input_ids"][:6] + rows[1]["input_ids"][:5], "lengths": [6, 5],
+                 "sources": ["s", "t"], "labels": rows[0]["labels"][:6] + [IGNORE] + rows[1]["labels"][1:5]})  # packed
+
+    def run(batch):
+        model.zero_grad(set_to_none=True)
+        batch = {k: v for k, v in batch.items() if k != "counts"}
+        n = int((batch["labels"][..., 1:] != IGNORE).sum())
+        loss = model(**batch, num_items_in_batch=n).loss
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    padded, flat = Collator(0)(rows), Collator(0, flatten=True)(rows)
+    assert flat["input_ids"].shape == (1, 23 + 9 + 17 + 4 + 11) and "attention_mask" not in flat
+    assert flat["position_ids"][0, :25].tolist() == [*range(23), 0, 1]
+    assert flat["counts"]["sources"] == padded["counts"]["sources"]
+    want, got = run(padded), run(flat)
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    for name, grad in want[1].items():
+        assert torch.allclose(got[1][name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_trainer_takes_flattened_batches(tmp_path):
+    """The Trainer's own step on flattened batches (no attention mask, a use_cache flag) logs the padded
+    batches' losses, with no padding counted."""
+    from transformers import TrainingArguments
+
+    from sft_lab.cpu import FastPath
+    from sft_lab.tokens import Collator
+    from sft_lab.trainer import Counts, CountingTrainer
+
+    torch.manual_seed(5)
+    rows = []
+    for n in (12, 30, 7, 19, 25, 5, 14, 9):
+        ids = torch.randint(1, 1000, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [IGNORE] * 3 + ids[3:], "source": "s"})
+    losses, counts = {}, {}
+    for flat in (False, True):
+        model = tiny_lora_model()
+        args = TrainingArguments(output_dir=str(tmp_path / str(flat)), max_steps=2, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, seed=0,
+                                 remove_unused_columns=False, save_strategy="no", disable_tqdm=True)
+        counts[flat] = Counts()
+        trainer = CountingTrainer(model=model, args=args, train_dataset=rows, data_collator=Collator(0, flatten=flat),
+                                  fast_path=FastPath(), counts=counts[flat])
+        trainer.train()
+        losses[flat] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert counts[True].padded_tokens == counts[True].real_tokens < counts[False].padded_tokens
