@@ -1,6 +1,9 @@
 """GPU training throughput: sft-lab vs TRL's SFTTrainer vs a plain transformers Trainer, one GPU, bf16.
 
-    python -m benchmarks.gpu.throughput [--steps 30] [--batch-size 16] [--model "model=tiny ..."]
+    python -m benchmarks.gpu.throughput [--steps 30] [--batch-size 32] [--max-length 512] [--model "model=tiny ..."]
+
+Sides: sft-lab (padding-free on a GPU), the plain Trainer, TRL, and TRL at its best (`trl_best`: padding_free
+and Liger, which needs `pip install liger-kernel`).
 
 benchmarks/speed/train_throughput.py with `--gpu`: every side in bf16 on CUDA (TRL without gradient
 checkpointing, like the others), the same Alpaca examples, LoRA r8, sides alternating; MFU against
@@ -19,6 +22,8 @@ from benchmarks.common import ROOT
 if __name__ == "__main__":
     args = sys.argv[1:]
     defaults = [] if "--steps" in args else ["--steps", "30"]
-    defaults += [] if "--batch-size" in args else ["--batch-size", "16"]
+    defaults += [] if "--batch-size" in args else ["--batch-size", "32"]
+    defaults += [] if "--max-length" in args else ["--max-length", "512"]
+    defaults += [] if "--sides" in args else ["--sides", "sft_lab,plain_trainer,trl,trl_best"]
     sys.exit(subprocess.call([sys.executable, "-m", "benchmarks.speed.train_throughput", "--gpu", *defaults, *args],
                              env=os.environ, cwd=ROOT))
