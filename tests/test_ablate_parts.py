@@ -196,3 +196,12 @@ def test_learning_curves_read_items_and_held_out_loss_per_metric():
     # an older record: the held-out loss every train.eval_steps
     old = cv.run_curve({"heldout_curve": [{"step": 10, "answer_tokens": 50, "loss": 3.0}]})
     assert old == [{"step": 10, "answer_tokens": 50, "heldout/loss": 3.0}]
+
+
+def test_answer_tokens_trained_are_an_outcome_not_a_factor_the_table_pools_over():
+    # seeds draw other examples, so each run trains on its own number of answer tokens
+    df = pd.DataFrame({"data": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1], "lr": [1e-4] * 4,
+                       "train.answer_tokens": [10_400, 10_900, 11_800, 11_100]})
+    assert tbl.pooled_factors(df, ["data"], "seed") == []
+    df["lr"] = [1e-4, 2e-4, 1e-4, 2e-4]
+    assert tbl.pooled_factors(df, ["data"], "seed") == ["lr"]

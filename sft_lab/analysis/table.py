@@ -30,7 +30,7 @@ GENERATIVE_METRICS = {"ifeval": ["prompt_level_strict_acc", "inst_level_strict_a
                                  "inst_level_loose_acc", "stopped"], "gen": ["rougeL", "words", "stopped"]}
 NOT_FACTORS = ("paths.", "tracking.", "force", "eval.", "status", "run_dir", "fingerprint", "protocol", "train.tokens_seen",
                "train.wall_s", "train.final_loss", "baseline", "group", "name", "started", "ended", "tuned_on",
-               "train.label_tokens")
+               "train.label_tokens", "train.answer_tokens")  # outcomes of a run, not settings
 ALPHA = legend.ALPHA
 
 
