@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from sft_lab.errors import ConfigError
+
 LAUNCHER = "gpus"  # conf/hydra/launcher/gpus.yaml
 _claimed: dict = {}  # this process's slot: {"slot", "device", "lock"}
 
@@ -53,7 +55,7 @@ def in_pool() -> bool:
 
 def claim() -> Optional[str]:
     """This worker's device (claimed once, kept for its life), exported as CUDA_VISIBLE_DEVICES; None outside
-    the pool. Raises if every slot is held (more workers than slots)."""
+    the pool. ConfigError without a device, or if every slot is held (more workers than slots)."""
     if not in_pool():
         return None
     if _claimed:
@@ -64,7 +66,8 @@ def claim() -> Optional[str]:
     hc = HydraConfig.get()
     devices = pool_devices()
     if not devices:
-        raise RuntimeError("hydra/launcher=gpus: no device to hand out (no GPU visible, SFT_LAB_DEVICES unset)")
+        raise ConfigError("hydra/launcher=gpus: no device to hand out (no GPU visible and SFT_LAB_DEVICES unset); "
+                          "on CPU use hydra/launcher=joblib")
     folder = Path(hc.sweep.dir) / ".devices"
     folder.mkdir(parents=True, exist_ok=True)
     for slot in range(int(hc.launcher.n_jobs)):
@@ -77,7 +80,7 @@ def claim() -> Optional[str]:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
         _claimed.update(slot=slot, device=device, lock=lock)
         return device
-    raise RuntimeError(f"hydra/launcher=gpus: all {hc.launcher.n_jobs} slots of {folder} are held")
+    raise ConfigError(f"hydra/launcher=gpus: all {hc.launcher.n_jobs} slots of {folder} are held by other workers")
 
 
 _base_models: dict = {}  # resident workers: the base model as loaded, on the host, by what it was loaded from

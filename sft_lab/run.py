@@ -86,9 +86,9 @@ def main(cfg: DictConfig) -> None:
     from sft_lab import devices
     from sft_lab.pipeline import run
 
-    devices.claim()  # hydra/launcher=gpus: this worker's device, before anything starts CUDA
     share_cores_with_parallel_jobs()
     try:
+        devices.claim()  # hydra/launcher=gpus: this worker's device, before anything starts CUDA
         refuse_grids_under_torchrun()
         record = run(cfg, group=cfg.tracking.group or multirun_group(), overrides=task_overrides())
     except UserError as e:

@@ -64,3 +64,17 @@ def test_a_grid_runs_one_job_per_device_at_once_and_a_relaunch_skips_them_all(tm
     finally:
         for key in env:
             os.environ.pop(key, None)
+
+
+@pytest.mark.e2e
+def test_the_gpu_pool_without_a_device_says_so_and_names_the_way_out(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the pool has a device")
+    os.environ.pop("SFT_LAB_DEVICES", None)
+    out = run_cli(["-m", "+experiment=toy", "seed=0", "hydra/launcher=gpus", f"paths.runs_dir={tmp_path / 'runs'}"],
+                  tmp_path)
+    text = out.stdout + out.stderr
+    assert "hydra/launcher=gpus: no device to hand out" in text and "hydra/launcher=joblib" in text
+    assert "Traceback" not in text and not list((tmp_path / "runs").glob("*/record.json"))
