@@ -22,16 +22,19 @@ LAUNCHER = "gpus"  # conf/hydra/launcher/gpus.yaml
 _claimed: dict = {}  # this process's slot: {"slot", "device", "lock"}
 
 
-def pool_devices() -> list[str]:
-    """$SFT_LAB_DEVICES, or the visible GPUs as CUDA_VISIBLE_DEVICES names them (none on a CPU machine)."""
-    named = [d.strip() for d in os.environ.get("SFT_LAB_DEVICES", "").split(",") if d.strip()]
-    if named:
-        return named
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them for its children."""
     import torch
 
     n = torch.cuda.device_count()
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return visible[:n] if len(visible) >= n else [str(i) for i in range(n)]
+    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
+
+
+def pool_devices() -> list[str]:
+    """$SFT_LAB_DEVICES, or the visible GPUs (none on a CPU machine)."""
+    named = [d.strip() for d in os.environ.get("SFT_LAB_DEVICES", "").split(",") if d.strip()]
+    return named or visible_gpus()
 
 
 def pool_size() -> int:

@@ -74,7 +74,8 @@ def tune(q: Queued, extra: list[str], url: str, workers: int) -> Arm:
 
     from optuna.trial import TrialState
 
-    from sft_lab.sweep.cli import visible_gpus, worker_layout
+    from sft_lab.devices import visible_gpus
+    from sft_lab.sweep.cli import worker_layout
     from sft_lab.sweep.trial import worker
     from sft_lab.sweep.worker import start_local
 

@@ -137,8 +137,7 @@ def curve_point(model, tokenizer, eval_cfg, tasks_dir: Path, heldout: Optional[l
         point["heldout/loss"] = heldout_loss(model, heldout, tokenizer.pad_token_id)
     tasks = curve_tasks(eval_cfg)
     if tasks:
-        cfg = OmegaConf.merge(eval_cfg, {"tasks": tasks, "limit": eval_cfg.every_limit, "log_samples": False,
-                                         "include_path": eval_cfg.include_path})
+        cfg = OmegaConf.merge(eval_cfg, {"tasks": tasks, "limit": eval_cfg.every_limit, "log_samples": False})
         with tempfile.TemporaryDirectory(prefix="sft-lab-curve-") as tmp:
             metrics, _, _ = evaluate(model, tokenizer, cfg, tasks_dir, Path(tmp))
         point.update({f"{t}/{m}": v["value"] for t, ms in metrics.items() for m, v in ms.items()})

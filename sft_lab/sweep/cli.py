@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from sft_lab.devices import visible_gpus
 from sft_lab.errors import UserError
 from sft_lab.sweep import __doc__ as sweep_doc
 from sft_lab.sweep.queue import open_storage, open_study, storage_lock, top_up
@@ -41,15 +42,6 @@ def summary(study) -> str:
         except Exception as e:  # too little variation, say so rather than fail the sweep
             lines.append(f"importances: not computed ({e})")
     return "\n".join(lines)
-
-
-def visible_gpus() -> list[str]:
-    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them for its children."""
-    import torch
-
-    n = torch.cuda.device_count()
-    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return named[:n] if len(named) >= n else [str(i) for i in range(n)]
 
 
 def worker_layout(workers: int, gpus: list[str], cores: int, per_trial: int = 1) -> list[dict[str, str]]:
