@@ -163,7 +163,9 @@ class EvalConfig:
     tasks: List[str] = field(default_factory=lambda: ["arc_easy", "piqa", "heldout"])
     limit: Optional[int] = 200
     num_fewshot: int = 0
-    batch_size: int = 16
+    # Rows of a scoring batch (of eval.batch_size x scoring.TOKENS_PER_ROW tokens). null: by device: 16 on a
+    # CPU; on a GPU as many as fit, halved on out-of-memory (sft_lab/scoring.py).
+    batch_size: Optional[int] = 16
     apply_chat_template: bool = False
     include_path: Optional[str] = None  # a user's own lm-eval task folder
     log_samples: bool = True  # per-item results, kept in the run folder
@@ -175,8 +177,9 @@ class EvalConfig:
     # the run's template and stopped at its end of turn or EOS.
     max_gen_toks: int = 256
     # Rows of the continuous generation batch (sft_lab/generate.py). On 2 CPU cores a decode step costs
-    # about the same at 32 rows as at 16 (benchmarks/speed/generate_throughput.py).
-    gen_batch_size: int = 32
+    # about the same at 32 rows as at 16 (benchmarks/speed/generate_throughput.py). null: by device: 32 on a
+    # CPU; on a GPU the rows whose key/value cache fits in half its free memory (generate.auto_rows).
+    gen_batch_size: Optional[int] = 32
     # Who scores the log-likelihood tasks: sft_lab (sft_lab/scoring.py, the default) or lm-eval's own hf model,
     # which gives the same scores (tests/test_scoring.py) more slowly; not part of the fingerprint.
     scorer: Scorer = Scorer.sft_lab
@@ -479,8 +482,10 @@ def _validate_eval(ev: EvalConfig) -> None:
     tasks = expanded_tasks(ev)
     if ev.heldout_max_tokens is not None and ev.heldout_max_tokens <= 0:
         raise ConfigError(f"eval.heldout_max_tokens must be > 0 or null, got {ev.heldout_max_tokens}")
-    if ev.gen_batch_size <= 0:
-        raise ConfigError(f"eval.gen_batch_size must be > 0, got {ev.gen_batch_size}")
+    for key in ("batch_size", "gen_batch_size"):
+        value = getattr(ev, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"eval.{key} must be > 0 (null: chosen for the device), got {value}")
     if ev.max_gen_toks <= 0:
         raise ConfigError(f"eval.max_gen_toks must be > 0 (answer tokens per generated item), got {ev.max_gen_toks}")
     if not 0 < ev.dev_fraction < 1:

@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicLayer
 SKINNY_ROWS = 128  # up to this many rows a projection runs as W x^T: 1.3-1.5x F.linear's x W^T here (MKL, 2 cores)
 REFILL_SHARE = 4  # refill once a quarter of the batch is free (or the batch is empty): fewer, larger prefills
 TAIL_TOKENS = 8  # stop strings are looked for in the decoded last tokens, plus their own length
+CPU_ROWS, MAX_ROWS = 32, 512  # eval.gen_batch_size=null: rows on a CPU; the most on a GPU
 
 
 @dataclass
@@ -59,12 +60,32 @@ def cut(text: str, until: list[str]) -> str:
     return text
 
 
-class Generator:
-    """Greedy answers for many prompts, as one continuous batch of at most `batch_size` rows."""
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of key/value cache one token of one row takes, over all layers."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, pad_id: int | None = None):
+
+def auto_rows(model, prompts: list[list[int]], max_new: list[int], free_bytes: int | None = None) -> int:
+    """eval.gen_batch_size=null: CPU_ROWS on a CPU; on a GPU the rows whose cache, at the longest prompt plus
+    its answer limit, fits in half the free device memory (at most MAX_ROWS, and no more than the prompts)."""
+    device = next(model.parameters()).device
+    if device.type == "cpu" and free_bytes is None:
+        return min(CPU_ROWS, max(1, len(prompts)))
+    if free_bytes is None:
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    tokens = max((len(p) + n for p, n in zip(prompts, max_new)), default=1)
+    per_row = tokens * kv_bytes_per_token(model.config, next(model.parameters()).dtype)
+    return max(1, min(MAX_ROWS, len(prompts), free_bytes // 2 // per_row))
+
+
+class Generator:
+    """Greedy answers for many prompts, as one continuous batch of at most `batch_size` rows (None: auto_rows)."""
+
+    def __init__(self, model, tokenizer, batch_size: int | None = 16, pad_id: int | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = None if batch_size is None else max(1, int(batch_size))
         self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_token_id or 0)
         self.device = next(model.parameters()).device
 
@@ -72,6 +93,8 @@ class Generator:
                  progress: bool = True) -> list[Answer]:
         """prompts: token ids; until: stop strings per prompt; max_new: answer token limit per prompt."""
         stops = [stop_token_ids(self.tokenizer, self.model, u) for u in until]
+        if self.batch_size is None:
+            self.batch_size = auto_rows(self.model, prompts, max_new)
         waiting = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first, as lm-eval
         answers: list[Answer | None] = [None] * len(prompts)
         rows: list[_Row] = []
@@ -277,7 +300,7 @@ class EvalLM(ContinuationLM):
     through lm-eval's own `generate_until`. `answers` keeps each request's Answer (tokens, stopped),
     by (context, until, max_gen_toks), for the per-item `stopped` metric."""
 
-    gen_batch_size = 32  # rows of the continuous batch (eval.gen_batch_size)
+    gen_batch_size: int | None = 32  # rows of the continuous batch (eval.gen_batch_size; None: by device)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 # PIQA) 40 ran 1.18x lm-eval's hf, 80 1.11x, 256 0.84x: big batches spill the caches. On a GPU a batch of
 # rows fills the device instead (512 a row: not yet measured on a GPU).
 TOKENS_PER_ROW = {"cpu": 40, "cuda": 512}
+AUTO_GPU_ROWS = 256  # eval.batch_size=null on a GPU: the first try, halved on out-of-memory
 
 
 def tokens_per_row(device) -> int:
@@ -46,31 +47,60 @@ class ContinuationLM(HFLM):
         pbar.update(1)
 
     def _score_batched(self, requests, override_bs, results: list, pbar) -> None:
-        """Rows (a shared context with its continuations, or one request) batched by tokens, the longest first."""
-        rows_per_batch = int(override_bs or self.batch_size if str(self.batch_size) != "auto" else 16)
+        """Rows (a shared context with its continuations, or one request) batched by tokens, the longest first.
+        eval.batch_size=null ("auto"): by device, and a batch that runs out of memory is halved and run again."""
+        auto = str(self.batch_size).startswith("auto") and not override_bs
+        rows_per_batch = int(override_bs or self.batch_size) if not auto else auto_rows(self.device)
         budget = rows_per_batch * (self.row_tokens or tokens_per_row(self.device))
         rows = sorted(score_rows(requests, self.max_length), key=lambda r: -len(r.tokens))
-        head = self.model.get_output_embeddings()
-        dtype = next(self.model.parameters()).dtype
         start = 0
         while start < len(rows):
             width = len(rows[start].tokens)  # the longest row of the batch comes first
             batch = rows[start:start + max(1, budget // max(width, 1))]
-            start += len(batch)
             scored = [(i, r, where) for r, row in enumerate(batch) for i, where in row.scored]
-            with torch.inference_mode():  # no key/value cache: each row runs once
-                hidden = self.model(**batch_inputs(batch, width, self.tokenizer.pad_token_id or 0, dtype, self.device),
-                                    output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
-                logprobs = torch.log_softmax(head(torch.cat([hidden[r, where] for _, r, where in scored])
-                                                  .to(head.weight.dtype)).float(), dim=-1)
-                target = torch.tensor([t for i, _, _ in scored for t in requests[i][2]], device=logprobs.device)
-                scores = logprobs.gather(1, target[:, None]).squeeze(1).cpu()  # to the host once a batch
-                greedy = (logprobs.argmax(-1) == target).cpu()
+            try:
+                scores, greedy = self._score(requests, batch, width, scored)
+            except Exception as err:
+                if not (auto and len(batch) > 1 and out_of_memory(err)):
+                    raise
+                budget = len(batch) // 2 * width  # the same rows, in halves
+                continue
+            start += len(batch)
             offset = 0
             for i, _, where in scored:
                 self._finish(requests, i, scores[offset:offset + len(where)], greedy[offset:offset + len(where)],
                              results, pbar)
                 offset += len(where)
+
+    def _score(self, requests, batch: list, width: int, scored: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scored positions' log-probs of their targets and greedy flags, on the host."""
+        head = self.model.get_output_embeddings()
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():  # no key/value cache: each row runs once
+            hidden = self.model(**batch_inputs(batch, width, self.tokenizer.pad_token_id or 0, dtype, self.device),
+                                output_hidden_states=True, logits_to_keep=1, use_cache=False).hidden_states[-1]
+            logprobs = torch.log_softmax(head(torch.cat([hidden[r, where] for _, r, where in scored])
+                                              .to(head.weight.dtype)).float(), dim=-1)
+            target = torch.tensor([t for i, _, _ in scored for t in requests[i][2]], device=logprobs.device)
+            scores = logprobs.gather(1, target[:, None]).squeeze(1).cpu()  # to the host once a batch
+            greedy = (logprobs.argmax(-1) == target).cpu()
+        return scores, greedy
+
+
+def auto_rows(device) -> int:
+    """eval.batch_size=null: 16 rows on a CPU (see TOKENS_PER_ROW); on a GPU a large start that
+    out-of-memory halves."""
+    return 16 if torch.device(device).type == "cpu" else AUTO_GPU_ROWS
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """An out-of-memory error of the device, after which its cache is emptied for a smaller try."""
+    from accelerate.utils.memory import release_memory, should_reduce_batch_size
+
+    if not should_reduce_batch_size(err):
+        return False
+    release_memory()
+    return True
 
 
 @dataclass

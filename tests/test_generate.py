@@ -65,3 +65,21 @@ def test_generator_stops_at_eos_and_counts_tokens(tiny, tokenizer):
 def test_cut_is_lm_evals_rule():
     assert cut("a<|im_end|>b### c", ["<|im_end|>", "###"]) == "a"
     assert cut("no stop here", ["", "###"]) == "no stop here"
+
+
+def test_gen_batch_size_null_takes_the_rows_whose_cache_fits_in_half_the_free_memory(tiny, tokenizer):
+    from sft_lab.generate import CPU_ROWS, MAX_ROWS, auto_rows, kv_bytes_per_token
+
+    c = tiny.config
+    per_token = kv_bytes_per_token(c, next(tiny.parameters()).dtype)
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    assert per_token == 2 * c.num_hidden_layers * heads * (c.hidden_size // c.num_attention_heads) * 4  # fp32
+    prompts, limits = [[1] * 10, [1] * 30], [20, 20]  # the longest prompt plus its limit: 50 tokens a row
+    assert auto_rows(tiny, prompts * 100, limits * 100, free_bytes=2 * 50 * per_token * 7 + 1) == 7
+    assert auto_rows(tiny, prompts, limits, free_bytes=10 ** 15) == 2  # never more rows than prompts
+    assert auto_rows(tiny, prompts * 1000, limits * 1000, free_bytes=10 ** 15) == MAX_ROWS
+    assert auto_rows(tiny, prompts * 100, limits * 100, free_bytes=1) == 1
+    assert auto_rows(tiny, prompts * 100, limits * 100) == CPU_ROWS  # on a CPU: the measured default
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS]
+    fixed = Generator(tiny, tokenizer, batch_size=CPU_ROWS).generate(ids, [[]] * 8, [5] * 8, progress=False)
+    assert Generator(tiny, tokenizer, batch_size=None).generate(ids, [[]] * 8, [5] * 8, progress=False) == fixed

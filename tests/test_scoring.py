@@ -6,11 +6,11 @@ import pytest
 from conftest import compose
 
 
-def per_item(model, tokenizer, cls, tasks_dir, limit, row_tokens=None):
+def per_item(model, tokenizer, cls, tasks_dir, limit, row_tokens=None, batch_size=8):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=8)
+    lm = cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     if row_tokens:
         lm.row_tokens = row_tokens
     out = lm_eval.simple_evaluate(model=lm, tasks=["arc_easy", "piqa"], limit=limit, log_samples=True,
@@ -77,6 +77,37 @@ def test_continuation_scoring_matches_lm_eval_hf_on_smollm2(tmp_path):
 @pytest.mark.slow
 def test_a_folded_adapter_on_smollm2_scores_as_lm_eval_hf_base_plus_adapter(tmp_path):
     check_against_hf("smollm2_135m", tmp_path, limit=10, adapter=True)
+
+
+@pytest.mark.slow  # runs lm-eval three times
+def test_eval_batch_size_null_halves_a_batch_that_runs_out_of_memory_and_scores_the_same(tmp_path):
+    """A model that runs out of memory above 3 rows: eval.batch_size=null ("auto") halves and retries the
+    batch, and every item's scores are those of a fixed batch; a fixed batch size lets the error through."""
+    from sft_lab.models import load_model, load_tokenizer
+    from sft_lab.scoring import ContinuationLM
+    from sft_lab.tasks import write_tasks
+
+    tried = []
+
+    class SmallDevice(ContinuationLM):
+        def _score(self, requests, batch, width, scored):
+            tried.append(len(batch))
+            if len(batch) > 3:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super()._score(requests, batch, width, scored)
+
+    cfg = compose(["model=tiny"])
+    tokenizer = load_tokenizer(cfg.model, cfg.paths.cache_dir)
+    model = load_model(cfg.model, tokenizer, cfg.paths.cache_dir, 0).eval()
+    write_tasks(tmp_path, cfg.paths.data_dir, [])
+    want, _ = per_item(model, tokenizer, ContinuationLM, tmp_path, 10, row_tokens=8)
+    got, _ = per_item(model, tokenizer, SmallDevice, tmp_path, 10, batch_size="auto")
+    assert max(tried) > 3 and tried[-1] <= 3  # the first batch did not fit; the halves did
+    pairs = [(a, b) for t in want for wa, ga in zip(want[t], got[t]) for a, b in zip(wa, ga)]
+    assert len(pairs) >= 40 and all(a[1] == b[1] for a, b in pairs)
+    assert max(abs(a[0] - b[0]) for a, b in pairs) < 1e-4  # batches of other shapes: float noise only
+    with pytest.raises(RuntimeError, match="out of memory"):
+        per_item(model, tokenizer, SmallDevice, tmp_path, 10, batch_size=8)
 
 
 def test_a_shared_context_is_one_row_and_each_choice_keeps_its_own_positions():

@@ -76,7 +76,7 @@ def evaluate(model, tokenizer, eval_cfg, tasks_dir: Path, run_dir: Path, generat
     from sft_lab.generate import EvalLM
 
     scorer = HFLM if eval_cfg.get("scorer", "sft_lab") == "hf" else EvalLM  # hf: lm-eval's own, to compare
-    lm = scorer(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size)
+    lm = scorer(pretrained=model, tokenizer=tokenizer, batch_size=eval_cfg.batch_size or "auto")
     lm.gen_batch_size = eval_cfg.gen_batch_size
     from lm_eval.loggers import EvaluationTracker
 
@@ -144,9 +144,13 @@ def curve_point(model, tokenizer, eval_cfg, tasks_dir: Path, heldout: Optional[l
     return point
 
 
-def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batch: int = 1024) -> float:
+HELDOUT_TOKENS = {"cpu": 1024, "cuda": 16384}  # tokens a held-out-loss batch holds, by device (cuda: not measured)
+
+
+def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batch: int | None = None) -> float:
     """Mean cross-entropy per answer token over the tokenised held-out examples (as trained: same
-    template, same mask), in batches of similar length; the LM head runs on the answer tokens only."""
+    template, same mask), in batches of similar length (HELDOUT_TOKENS by device); the LM head runs on the
+    answer tokens only."""
     import torch
 
     from sft_lab.cpu.loss import answer_loss
@@ -155,6 +159,7 @@ def heldout_loss(model, examples: list[dict], pad_token_id: int, tokens_per_batc
     collate = Collator(pad_token_id)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     device = next(model.parameters()).device
+    tokens_per_batch = tokens_per_batch or HELDOUT_TOKENS.get(device.type, HELDOUT_TOKENS["cuda"])
     head = model.get_output_embeddings()
     total, tokens, start = 0.0, 0, 0
     model.eval()
