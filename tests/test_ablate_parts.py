@@ -205,3 +205,19 @@ def test_answer_tokens_trained_are_an_outcome_not_a_factor_the_table_pools_over(
     assert tbl.pooled_factors(df, ["data"], "seed") == []
     df["lr"] = [1e-4, 2e-4, 1e-4, 2e-4]
     assert tbl.pooled_factors(df, ["data"], "seed") == ["lr"]
+
+
+def test_a_switch_or_key_added_after_older_runs_is_not_a_factor_between_them():
+    # runs recorded before train.liger / train.max_tokens existed, beside runs that record their defaults
+    from sft_lab.analysis.collect import record_row
+    from sft_lab.record import RunRecord
+
+    def row(data, seed, train):
+        config = {"data": {"name": data}, "seed": seed, "lr": 2e-4, "train": {"max_steps": 30, **train}}
+        return record_row(RunRecord("finished", f"{data}{seed}", "x", config), "x")
+
+    new = {"liger": False, "torch_compile": False, "padding_free": True, "max_tokens": None}
+    df = pd.DataFrame([row("a", 0, {}), row("a", 1, new), row("b", 0, {}), row("b", 1, new)])
+    assert tbl.pooled_factors(df, ["data"], "seed") == []
+    df = pd.DataFrame([row("a", 0, {}), row("a", 1, {**new, "liger": True}), row("b", 0, {}), row("b", 1, new)])
+    assert tbl.pooled_factors(df, ["data"], "seed") == ["train.liger"]  # set otherwise: a factor again

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from sft_lab.record import CorruptRecord, RunRecord, read_record
+from sft_lab.record import ADDED_LATER, HOW_NOT_WHAT, CorruptRecord, RunRecord, read_record
 from sft_lab.tracking import flatten
 
 log = logging.getLogger(__name__)
@@ -19,9 +19,27 @@ log = logging.getLogger(__name__)
 GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
 
 
+def _default(group: str, key: str) -> Any:
+    """A key's value in runs recorded before it existed: ADDED_LATER's, or for a switch its config default."""
+    import dataclasses
+
+    from sft_lab import config as cfg
+
+    if (group, key) in ADDED_LATER:
+        return ADDED_LATER[(group, key)]
+    groups = {"train": cfg.TrainConfig, "eval": cfg.EvalConfig, "model": cfg.ModelConfig, "lora": cfg.LoraConfig}
+    field = {f.name: f for f in dataclasses.fields(groups[group])}[key]
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return getattr(value, "value", value)  # an enum's value, as recorded
+
+
 def record_row(record: RunRecord, run_dir: str) -> dict[str, Any]:
     config = record.config
     row = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(config).items()}
+    for group, key in [*ADDED_LATER, *HOW_NOT_WHAT]:  # older records lack newer keys: not a factor that varies
+        if isinstance(config.get(group), dict) and f"{group}.{key}" not in row:
+            value = _default(group, key)
+            row[f"{group}.{key}"] = json.dumps(value) if isinstance(value, list) else value
     for group in GROUPS:  # `data` means the data preset's name, as on the command line
         if isinstance(config.get(group), dict):
             row[group] = config[group].get("name")
