@@ -68,10 +68,10 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
 
 
 def auto_rows(model, prompts: list[list[int]], max_new: list[int], free_bytes: int | None = None) -> int:
-    """eval.gen_batch_size=null: CPU_ROWS on a CPU; on a GPU the rows whose cache, at the longest prompt plus
+    """eval.gen_batch_size=null: CPU_ROWS off CUDA; on a GPU the rows whose cache, at the longest prompt plus
     its answer limit, fits in half the free device memory (at most MAX_ROWS, and no more than the prompts)."""
     device = next(model.parameters()).device
-    if device.type == "cpu" and free_bytes is None:
+    if device.type != "cuda" and free_bytes is None:
         return min(CPU_ROWS, max(1, len(prompts)))
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)

@@ -32,9 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     devices = pool_devices()
     if not devices:
         sys.exit("no device: run on a GPU machine, or give a fake list, e.g. SFT_LAB_DEVICES=0,1")
-    overrides = args.overrides or ["+experiment=toy"]
     run = [sys.executable, "-m", "sft_lab.run"]
-    overrides = [*overrides, "tracking=none"]
+    overrides = [*(args.overrides or ["+experiment=toy"]), "tracking=none"]
     with tempfile.TemporaryDirectory(prefix="sft-lab-grid-") as tmp:
         one_s, _ = timed([*run, *overrides, "seed=100", f"paths.runs_dir={tmp}/one"], ROOT, ROOT)
         grid_s, peak_mb = timed([*run, "-m", *overrides, f"seed={','.join(map(str, range(args.jobs)))}", "hydra/launcher=gpus",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 GROUPS = ("model", "data", "template")  # config groups whose factor value is their `name`
 
 
+@functools.cache
 def _default(group: str, key: str) -> Any:
     """A key's value in runs recorded before it existed: ADDED_LATER's, or for a switch its config default."""
     import dataclasses
